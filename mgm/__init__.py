@@ -1,0 +1,1 @@
+"""mgm: Mini-Gemini re-implemented."""

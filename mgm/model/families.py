@@ -1,0 +1,127 @@
+"""LLM families as rows of data: each row makes an MGM config class, inner model class and causal-LM class.
+
+The classes keep the original names (`MGMLlamaForCausalLM`, ... and the pre-rename `MiniGemini*`
+ones) and `model_type` strings, subclass the family's HF classes so the original state-dict keys
+(`model.layers…`, `model.mm_projector…`, `lm_head…`) load with no remapping, and get all MGM
+behaviour from the mixins in `mgm.model.arch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GemmaModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaModel,
+    MistralConfig,
+    MistralForCausalLM,
+    MistralModel,
+    MixtralConfig,
+    MixtralForCausalLM,
+    MixtralModel,
+)
+
+from mgm.errors import UserError
+from mgm.model.arch import MGMMetaForCausalLM, MGMMetaModel
+
+
+@dataclass(frozen=True)
+class Family:
+    """One LLM family: its HF classes and the names MGM registered it under."""
+
+    key: str
+    config_base: type
+    model_base: type
+    causal_base: type
+    model_type: str
+    class_stem: str  # "Llama" -> MGMLlamaForCausalLM
+    legacy_model_type: str
+    config_name: str
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("llama", LlamaConfig, LlamaModel, LlamaForCausalLM, "mgm", "Llama", "mini_gemini", "MGMConfig"),
+    Family("gemma", GemmaConfig, GemmaModel, GemmaForCausalLM, "mgm_gemma", "Gemma", "mini_gemini_gemma", "MGMGemmaConfig"),
+    Family("mistral", MistralConfig, MistralModel, MistralForCausalLM, "mgm_mistral", "Mistral", "mini_gemini_mistral", "MGMMistralConfig"),
+    Family("mixtral", MixtralConfig, MixtralModel, MixtralForCausalLM, "mgm_mixtral", "Mixtral", "mini_gemini_mixtral", "MGMMixtralConfig"),
+)
+
+
+def _make_config(name: str, base: type, model_type: str) -> type:
+    def post_init(self, **kwargs):
+        # Released Gemma MGM configs say `hidden_act: "gelu"` with no `hidden_activation`; the original
+        # ran them with the exact (erf) GELU, which newer GemmaConfig rewrites to the tanh form. Keep the
+        # exact one unless the config names `hidden_activation` explicitly (MGM_SPEC Appendix B).
+        act = getattr(self, "hidden_act", None)
+        explicit = getattr(self, "hidden_activation", None)
+        if act == "gelu":
+            self.hidden_act = "_mgm_exact_gelu"
+        base.__post_init__(self, **kwargs)
+        if self.hidden_act == "_mgm_exact_gelu":
+            self.hidden_act = "gelu"
+        if explicit:
+            self.hidden_act = explicit
+
+    return type(name, (base,), {"model_type": model_type, "__post_init__": post_init, "__module__": __name__})
+
+
+def _make_classes(family: Family, prefix: str, model_type: str, config_name: str) -> tuple[type, type, type]:
+    config_cls = _make_config(config_name, family.config_base, model_type)
+
+    def model_init(self, config, vision_tower_path=None, vision_tower_aux_path=None):
+        family.model_base.__init__(self, config)
+        self.init_multimodal(config, vision_tower_path, vision_tower_aux_path)
+
+    model_cls = type(f"{prefix}{family.class_stem}Model", (MGMMetaModel, family.model_base), {
+        "config_class": config_cls, "__init__": model_init, "__module__": __name__})
+
+    def causal_init(self, config, vision_tower_path=None, vision_tower_aux_path=None, **kwargs):
+        # The parent builds the family's lm_head and attributes; its plain inner model is replaced.
+        family.causal_base.__init__(self, config)
+        self.model = model_cls(config, vision_tower_path, vision_tower_aux_path)
+        self.post_init()
+
+    causal_cls = type(f"{prefix}{family.class_stem}ForCausalLM", (MGMMetaForCausalLM, family.causal_base), {
+        "config_class": config_cls, "__init__": causal_init, "__module__": __name__})
+    return config_cls, model_cls, causal_cls
+
+
+@cache
+def family_classes() -> dict[str, tuple[type, type, type]]:
+    """model_type -> (config class, inner model class, causal LM class), current and legacy names."""
+    out: dict[str, tuple[type, type, type]] = {}
+    for fam in FAMILIES:
+        out[fam.model_type] = _make_classes(fam, "MGM", fam.model_type, fam.config_name)
+        legacy_config = fam.config_name.replace("MGM", "MiniGemini")
+        out[fam.legacy_model_type] = _make_classes(fam, "MiniGemini", fam.legacy_model_type, legacy_config)
+    return out
+
+
+def register_auto_classes() -> None:
+    """Register every MGM model_type with AutoConfig / AutoModelForCausalLM (idempotent)."""
+    for model_type, (config_cls, _, causal_cls) in family_classes().items():
+        AutoConfig.register(model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
+
+
+def classes_for_model_type(model_type: str) -> tuple[type, type, type]:
+    """Classes for a config's `model_type`, with an error listing the valid ones."""
+    classes = family_classes()
+    if model_type not in classes:
+        raise UserError(f"unknown model_type {model_type!r} in config.json; valid MGM model types: "
+                        f"{', '.join(sorted(classes))}")
+    return classes[model_type]
+
+
+def family_of(model_type: str) -> Family:
+    for fam in FAMILIES:
+        if model_type in (fam.model_type, fam.legacy_model_type):
+            return fam
+    raise UserError(f"unknown model_type {model_type!r}; valid: "
+                    + ", ".join(sorted(t for f in FAMILIES for t in (f.model_type, f.legacy_model_type))))

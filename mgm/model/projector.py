@@ -1,0 +1,35 @@
+"""Vision-language projectors (MGM_SPEC §2.5): `linear`, `mlp{N}x_gelu`, `identity`.
+
+Module indices match the original so state-dict keys are `mm_projector.0.*`, `mm_projector.2.*`, ...
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mgm.model.settings import MGMSettings
+
+
+class IdentityMap(nn.Module):
+    """Projector that returns its input (`mm_projector_type: identity`)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x
+
+    @property
+    def config(self) -> dict:
+        return {"mm_projector_type": "identity"}
+
+
+def build_vision_projector(settings: MGMSettings, mm_hidden_size: int, hidden_size: int) -> nn.Module:
+    """[*, mm_hidden_size] -> [*, hidden_size] for the configured projector type."""
+    if settings.projector_type == "linear":
+        return nn.Linear(mm_hidden_size, hidden_size)
+    if settings.projector_type == "identity":
+        return IdentityMap()
+    depth = settings.projector_depth()
+    assert depth is not None  # validated in MGMSettings
+    layers: list[nn.Module] = [nn.Linear(mm_hidden_size, hidden_size)]
+    for _ in range(depth - 1):
+        layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
+    return nn.Sequential(*layers)

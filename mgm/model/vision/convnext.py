@@ -1,0 +1,146 @@
+"""High-resolution tower: the ConvNeXt trunk of an OpenCLIP model (MGM_SPEC §2.4).
+
+Only the stem and the four stages are kept (`vision_stem`, `vision_stages`, the original's attribute
+names and hence state-dict keys). Every stage output is resized to the stage-0 map and concatenated:
+[N, 3, S, S] -> [N, Σ dims, S/4, S/4]. The architecture is read from `open_clip_config.json`
+(`timm_model_name`, optional explicit `depths`/`dims`) or inferred from the weights, never from the
+folder name.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# timm/open_clip ConvNeXt trunks used by MGM variants (convnext_large_d_320, convnext_base_w_320,
+# convnext_xxlarge all name their timm trunk in `vision_cfg.timm_model_name`).
+TIMM_CONVNEXT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "convnext_tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
+    "convnext_small": ((3, 3, 27, 3), (96, 192, 384, 768)),
+    "convnext_base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "convnext_large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "convnext_xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048)),
+    "convnext_xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072)),
+}
+# open_clip model names -> their timm trunk, for configs that only name the open_clip model.
+OPEN_CLIP_MODELS: dict[str, str] = {
+    "convnext_large_d_320": "convnext_large",
+    "convnext_large_d": "convnext_large",
+    "convnext_base_w_320": "convnext_base",
+    "convnext_base_w": "convnext_base",
+    "convnext_xxlarge": "convnext_xxlarge",
+}
+
+
+@dataclass(frozen=True)
+class ConvNeXtSpec:
+    """Architecture of a ConvNeXt trunk."""
+
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
+    drop_path_rate: float = 0.1
+    ls_init_value: float = 1e-6
+    conv_mlp: bool = False
+
+    @property
+    def hidden_size(self) -> int:
+        return sum(self.dims)
+
+    @classmethod
+    def from_open_clip_config(cls, cfg: dict) -> "ConvNeXtSpec | None":
+        """From an `open_clip_config.json` dict (with or without the `model_cfg` wrapper); None if unknown."""
+        model_cfg = cfg.get("model_cfg", cfg)
+        vision = model_cfg.get("vision_cfg", {})
+        drop_path = float(vision.get("timm_drop_path", 0.1) or 0.0)
+        if vision.get("depths") and vision.get("dims"):
+            return cls(tuple(vision["depths"]), tuple(vision["dims"]), drop_path)
+        name = vision.get("timm_model_name") or OPEN_CLIP_MODELS.get(cfg.get("model_name", ""), "")
+        if name in TIMM_CONVNEXT_ARCHS:
+            depths, dims = TIMM_CONVNEXT_ARCHS[name]
+            return cls(depths, dims, drop_path)
+        return None
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], prefix: str) -> "ConvNeXtSpec | None":
+        """Infer depths/dims from trunk weights whose keys start with `prefix` + 'stem.' / 'stages.'."""
+        stem = state.get(prefix + "stem.0.weight")
+        if stem is None:
+            return None
+        blocks: dict[int, int] = {}
+        dims: dict[int, int] = {}
+        pattern = re.compile(re.escape(prefix) + r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$")
+        for key, value in state.items():
+            m = pattern.match(key)
+            if m:
+                s, b = int(m.group(1)), int(m.group(2))
+                blocks[s] = max(blocks.get(s, 0), b + 1)
+                dims[s] = value.shape[0]
+        if not blocks:
+            return None
+        order = sorted(blocks)
+        conv_mlp = state.get(f"{prefix}stages.0.blocks.0.mlp.fc1.weight", torch.empty(0)).dim() == 4
+        return cls(tuple(blocks[s] for s in order), tuple(dims[s] for s in order), conv_mlp=conv_mlp)
+
+
+class ConvNeXtTower(nn.Module):
+    """[N, 3, S, S] -> [N, Σ dims, S/4, S/4] multi-stage ConvNeXt features (frozen by default)."""
+
+    def __init__(self, spec: ConvNeXtSpec, drop_path: bool = True, trainable: bool = False) -> None:
+        super().__init__()
+        from timm.models.convnext import ConvNeXt
+
+        trunk = ConvNeXt(
+            depths=spec.depths, dims=spec.dims, num_classes=0, global_pool="",
+            drop_path_rate=spec.drop_path_rate if drop_path else 0.0,
+            ls_init_value=spec.ls_init_value, conv_mlp=spec.conv_mlp,
+        )
+        self.spec = spec
+        self.trainable = trainable
+        self.vision_stem = trunk.stem
+        self.vision_stages = trunk.stages
+        self.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.hidden_size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vision_stem[0].weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.vision_stem[0].weight.device
+
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(images, list):
+            return [self.forward(image.unsqueeze(0)) for image in images]
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            x = self.vision_stem(images.to(device=self.device, dtype=self.dtype))
+            outs = []
+            for stage in self.vision_stages:
+                x = stage(x)
+                outs.append(x)
+            size = outs[0].shape[-2:]
+            # Later stages are upsampled in float32 like the original, then cast back.
+            resized = [outs[0]] + [
+                F.interpolate(o.float(), size=size, mode="bilinear", align_corners=False).to(o.dtype) for o in outs[1:]
+            ]
+            return torch.cat(resized, dim=1).to(images.dtype)
+
+
+def strip_open_clip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip checkpoint -> {'vision_stem.*', 'vision_stages.*'} (handles state_dict/module. wrappers)."""
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("visual.trunk.stem."):
+            out["vision_stem." + key[len("visual.trunk.stem."):]] = value
+        elif key.startswith("visual.trunk.stages."):
+            out["vision_stages." + key[len("visual.trunk.stages."):]] = value
+    return out

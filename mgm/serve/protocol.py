@@ -1,0 +1,238 @@
+"""The original MGM/LLaVA/FastChat serving protocol: JSON bodies, error codes and the NUL-delimited stream.
+
+Every controller/worker endpoint takes and returns JSON. Generation answers are a stream of JSON objects
+`{"text": prompt + generated_so_far, "error_code": N[, "image": base64_jpeg]}`, each followed by one NUL
+byte (MGM_SPEC §7.2, §7.3). This module holds the pydantic models of those bodies, the constants both
+sides agree on, helpers to write and parse the stream, and the typed request errors the HTTP layer maps
+to status codes (pure Python + pydantic: no web framework import here).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# --- constants shared by controller and workers (MGM_SPEC §4.1, §7.3, §9.3) -------------------------
+CONTROLLER_HEART_BEAT_EXPIRATION = 30  # seconds without a beat before a heart-beat-checked worker is dropped
+WORKER_HEART_BEAT_INTERVAL = 15  # seconds between a worker's beats
+
+SERVER_ERROR_MSG = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+MODERATION_MSG = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
+EXCEEDS_MAX_TOKENS_MSG = "Exceeds max token length. Please start a new conversation, thanks."
+
+# `error_code` values of a stream chunk.
+ERROR_OK = 0  # normal chunk
+ERROR_WORKER = 1  # the worker failed while generating (bad input, CUDA error, anything else)
+ERROR_NO_WORKER = 2  # the controller knows no worker serving the requested model
+ERROR_CONTROLLER_REQUEST = 3  # the controller's request to the worker failed (refused, timed out, HTTP error)
+
+MAX_NEW_TOKENS_CAP = 1024  # the worker never generates more than this per request
+CHUNK_DELIMITER = b"\0"
+
+
+# --- typed request errors (mapped to HTTP status codes by mgm.serve.security.install_error_handlers) --
+class RequestError(ValueError):
+    """A client sent something the server refuses. Subclasses ValueError so worker code that turns
+    ValueError into an error chunk (original behaviour) also catches it."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class AuthenticationError(RequestError):
+    """Missing or wrong API key."""
+
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is over the server's limit."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class ImageInputError(RequestError):
+    """An image could not be fetched or decoded, or its source is not allowed."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(ImageInputError):
+    """An image is over the byte or pixel limit (a decompression bomb, say)."""
+
+    status_code = 413
+    code = "image_too_large"
+
+
+class ModelNotFoundError(RequestError):
+    """No live worker serves the requested model."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+def error_body(message: str, *, error_type: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    """The JSON error body every mgm server returns (the OpenAI shape, so OpenAI clients parse it)."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def request_error_body(exc: RequestError) -> dict[str, Any]:
+    """`error_body` for a typed request error."""
+    return error_body(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param)
+
+
+# --- bodies ------------------------------------------------------------------------------------------
+class WorkerStatus(BaseModel):
+    """`POST /worker_get_status` answer, also sent inside a registration."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_names: list[str]
+    speed: float = 1
+    queue_length: int = 0
+
+
+class RegisterWorkerRequest(BaseModel):
+    """`POST /register_worker` body. Without `worker_status` the controller polls the worker for it."""
+
+    worker_name: str = Field(min_length=1, description="the worker's base URL, e.g. http://127.0.0.1:21002")
+    check_heart_beat: bool = False
+    worker_status: WorkerStatus | None = None
+
+
+class HeartBeatRequest(BaseModel):
+    """`POST /receive_heart_beat` body."""
+
+    worker_name: str
+    queue_length: int = 0
+
+
+class HeartBeatResponse(BaseModel):
+    """`POST /receive_heart_beat` answer; `exist` false tells the worker to register again."""
+
+    exist: bool
+
+
+class GetWorkerAddressRequest(BaseModel):
+    """`POST /get_worker_address` body."""
+
+    model: str
+
+
+class GetWorkerAddressResponse(BaseModel):
+    """`POST /get_worker_address` answer; "" when no worker serves the model."""
+
+    address: str
+
+
+class ListModelsResponse(BaseModel):
+    """`POST /list_models` answer."""
+
+    models: list[str]
+
+
+class GenerateParams(BaseModel):
+    """`POST /worker_generate_stream` body (as sent by the Gradio UI and test_message).
+
+    `prompt` is the fully templated prompt; `images` are base64-encoded image files, one per `<image>`
+    in the prompt. Unknown keys are kept (and forwarded by the controller) because clients of the
+    original protocol send extra fields.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    prompt: str
+    images: list[str] = Field(default_factory=list)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    max_new_tokens: int = 256
+    stop: str | None = None
+    gen_image: bool = False
+    use_ocr: bool = False
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _none_images(cls, value: Any) -> Any:
+        # the original clients send `images: null` for text-only requests
+        return [] if value is None else value
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _cap_tokens(cls, value: int) -> int:
+        # the original worker silently caps at 1024 (min(requested, 1024)); keep that, don't reject
+        return min(value, MAX_NEW_TOKENS_CAP)
+
+
+class StreamChunk(BaseModel):
+    """One message of the generation stream."""
+
+    text: str
+    error_code: int = ERROR_OK
+    image: str | None = None  # base64 JPEG of a generated image (final chunk of a gen_image request)
+
+    def to_bytes(self) -> bytes:
+        """The wire form: JSON + NUL (`image` left out when absent, as the original does)."""
+        return encode_chunk(self.model_dump(exclude_none=True))
+
+
+# --- stream helpers ----------------------------------------------------------------------------------
+def encode_chunk(chunk: Mapping[str, Any]) -> bytes:
+    """`json.dumps(chunk).encode() + b"\\0"` — byte-identical to the original worker's chunks."""
+    return json.dumps(dict(chunk)).encode() + CHUNK_DELIMITER
+
+
+def error_chunk(error_code: int, text: str = SERVER_ERROR_MSG) -> bytes:
+    """An encoded error chunk, e.g. `error_chunk(ERROR_NO_WORKER)`."""
+    return encode_chunk({"text": text, "error_code": error_code})
+
+
+def split_chunks(data: Iterable[bytes]) -> Iterator[bytes]:
+    """Re-frame arbitrary byte pieces into the raw JSON messages between NUL bytes (delimiter removed).
+
+    A message split across pieces (even inside a multi-byte UTF-8 character) is joined before it is
+    yielded; empty messages are skipped; a trailing message without a final NUL is still yielded.
+    """
+    buffer = b""
+    for piece in data:
+        buffer += piece
+        *messages, buffer = buffer.split(CHUNK_DELIMITER)
+        yield from (m for m in messages if m.strip())
+    if buffer.strip():
+        yield buffer
+
+
+async def asplit_chunks(data: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Async twin of `split_chunks` (for httpx `aiter_bytes()`)."""
+    buffer = b""
+    async for piece in data:
+        buffer += piece
+        *messages, buffer = buffer.split(CHUNK_DELIMITER)
+        for message in messages:
+            if message.strip():
+                yield message
+    if buffer.strip():
+        yield buffer
+
+
+def iter_chunks(data: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """Parse a NUL-delimited stream (any byte pieces, e.g. `response.iter_bytes()`) into dicts."""
+    for message in split_chunks(data):
+        yield json.loads(message.decode("utf-8"))
+
+
+async def aiter_chunks(data: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """Async twin of `iter_chunks`."""
+    async for message in asplit_chunks(data):
+        yield json.loads(message.decode("utf-8"))

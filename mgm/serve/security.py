@@ -1,0 +1,242 @@
+"""Safety pieces shared by the mgm servers: API-key check, request-body limit, safe image decoding,
+and the handlers that turn typed request errors into JSON error answers.
+
+- `api_key_dependency(key)`: a FastAPI dependency accepting `Authorization: Bearer <key>` or
+  `x-api-key: <key>`; anything else → 401 JSON.
+- `BodySizeLimitMiddleware`: pure ASGI middleware → 413 JSON when a body is over the limit (checked on
+  Content-Length and while a chunked body streams in).
+- `decode_image_bytes` / `decode_base64_image`: PIL decode with byte and pixel limits checked on the
+  header before any pixel is decoded (a decompression bomb never gets decoded); no global PIL state
+  is changed. Errors are `ImageInputError` (400) / `ImageTooLargeError` (413).
+- `install_error_handlers(app)`: `RequestError` → its status + `{"error": {...}}`; body validation
+  errors on `/v1/...` routes → 400 in the OpenAI error shape (FastAPI's 422 elsewhere).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from mgm.serve.protocol import (
+    AuthenticationError,
+    ImageInputError,
+    ImageTooLargeError,
+    PayloadTooLargeError,
+    RequestError,
+    error_body,
+    request_error_body,
+)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a request with a few base64 images fits easily
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67 Mpx; PIL's own bomb guard is 89 Mpx (warn) / 179 Mpx (error)
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What image inputs a server accepts.
+
+    max_bytes / max_pixels: limits on the encoded file and on width*height.
+    allow_local_files: accept local paths and file:// URLs (off: a remote client could read server files).
+    allow_remote: accept http(s) URLs, fetched by the server (off: server-side request forgery).
+    remote_timeout: seconds for a remote fetch.
+    """
+
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    allow_local_files: bool = False
+    allow_remote: bool = False
+    remote_timeout: float = 10.0
+
+
+# --- API key -----------------------------------------------------------------------------------------
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """Headers a client (worker, UI, helper script) sends to a server protected by `api_key`."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key")
+
+
+def check_api_key(request: Request, api_key: str | None) -> None:
+    """Raise `AuthenticationError` unless the request carries `api_key` (no-op when `api_key` is None)."""
+    if not api_key:
+        return
+    presented = _presented_key(request)
+    # compare_digest: the comparison time does not reveal how much of the key matched
+    if presented is None or not hmac.compare_digest(presented.encode(), api_key.encode()):
+        raise AuthenticationError(
+            "missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
+
+
+def api_key_dependency(api_key: str | None) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency enforcing `api_key` (use in `dependencies=[Depends(...)]`)."""
+
+    async def require_api_key(request: Request) -> None:
+        check_api_key(request, api_key)
+
+    return require_api_key
+
+
+# --- body size ---------------------------------------------------------------------------------------
+def _json_413(limit: int) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps(error_body(f"request body exceeds the limit of {limit} bytes",
+                                 code=PayloadTooLargeError.code)).encode()
+    start = {"type": "http.response.start", "status": 413,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    return start, body
+
+
+class BodySizeLimitMiddleware:
+    """Refuse HTTP request bodies larger than `max_bytes` with a 413 JSON answer."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await self._reject(send, limit)
+                    return
+        received = 0
+        started = False
+        rejected = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received, rejected, started
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # chunked upload without (or lying about) Content-Length
+                    rejected = True
+                    if not started:
+                        started = True
+                        await self._reject(send, limit)
+                    # the app sees a disconnect and stops reading; whatever it answers is dropped below
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if rejected:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    @staticmethod
+    async def _reject(send: Callable, limit: int) -> None:
+        start, body = _json_413(limit)
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+
+
+# --- images ------------------------------------------------------------------------------------------
+def decode_image_bytes(data: bytes, policy: ImagePolicy = ImagePolicy(), *, mode: str | None = None,
+                       what: str = "image") -> Image.Image:
+    """Decode an image file's bytes with limits; `mode` (e.g. "RGB") converts after decoding.
+
+    Raises ImageTooLargeError (413) over `policy.max_bytes` or `policy.max_pixels`, ImageInputError (400)
+    for anything PIL cannot read. `what` names the input in messages (e.g. "messages[0].content[1]").
+    """
+    if len(data) > policy.max_bytes:
+        raise ImageTooLargeError(f"{what}: {len(data)} bytes is over the limit of {policy.max_bytes} bytes")
+    try:
+        # Image.open reads only the header; the pixel count is known before any decoding work.
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{what}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"{what}: not a readable image file ({exc})") from None
+    width, height = image.size
+    if width * height > policy.max_pixels:
+        raise ImageTooLargeError(
+            f"{what}: {width}x{height} = {width * height} pixels is over the limit of {policy.max_pixels}")
+    try:
+        image.load()
+        if mode is not None and image.mode != mode:
+            image = image.convert(mode)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageInputError(f"{what}: image data is corrupt ({exc})") from None
+    return image
+
+
+def decode_base64_image(b64: str, policy: ImagePolicy = ImagePolicy(), *, mode: str | None = None,
+                        what: str = "image") -> Image.Image:
+    """Decode a base64 image (an optional `data:...;base64,` prefix is accepted) with limits."""
+    if b64.startswith("data:"):
+        header, sep, b64 = b64.partition(",")
+        if not sep or ";base64" not in header:
+            raise ImageInputError(f"{what}: only base64 data URLs are supported")
+    # reject before decoding: base64 is 4 characters per 3 bytes
+    if len(b64) * 3 // 4 > policy.max_bytes + 3:
+        raise ImageTooLargeError(f"{what}: about {len(b64) * 3 // 4} bytes is over the limit of "
+                                 f"{policy.max_bytes} bytes")
+    try:
+        data = base64.b64decode(b64)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageInputError(f"{what}: invalid base64 ({exc})") from None
+    return decode_image_bytes(data, policy, mode=mode, what=what)
+
+
+# --- error handlers ----------------------------------------------------------------------------------
+async def request_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """`RequestError` → its HTTP status with `{"error": {...}}`."""
+    assert isinstance(exc, RequestError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(request_error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Bad JSON / wrong fields: OpenAI routes answer 400 in the OpenAI shape, others FastAPI's 422."""
+    assert isinstance(exc, RequestValidationError)
+    if request.url.path.startswith("/v1/"):
+        return JSONResponse(error_body(f"invalid request body: {format_validation_errors(exc.errors())}",
+                                       code="invalid_request"), status_code=400)
+    return await request_validation_exception_handler(request, exc)
+
+
+def format_validation_errors(errors: Any) -> str:
+    """One line from pydantic/FastAPI error dicts, e.g. "body.messages: Field required"."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the JSON error handlers on `app`."""
+    app.add_exception_handler(RequestError, request_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
