@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from PIL import Image
 
 from mgm.serve import controller as controller_mod
@@ -334,21 +334,21 @@ def test_killed_worker_error_then_failover(ctrl):
     live = start_worker(["m-kill"])
     try:
         register(ctrl, doomed, check_heart_beat=True, status={**doomed.status(), "queue_length": 0})
-        register(ctrl, live, check_heart_beat=True, status={**live.status(), "queue_length": 50})
+        register(ctrl, live, check_heart_beat=True, status={**live.status(), "queue_length": 1000})
         doomed.server.stop()
         t0 = time.monotonic()
         chunks = stream_chunks(ctrl + "/worker_generate_stream", {"model": "m-kill", "prompt": "p"})
         assert time.monotonic() - t0 < 3
         assert chunks == [{"text": SERVER_ERROR_MSG, "error_code": ERROR_CONTROLLER_REQUEST}]
         deadline = time.monotonic() + 5
-        while True:  # the live worker keeps beating; the dead one expires
-            post(ctrl + "/receive_heart_beat", {"worker_name": live.url, "queue_length": 50})
-            if doomed.url not in post(ctrl + "/worker_get_status").text and \
-                    post(ctrl + "/receive_heart_beat", {"worker_name": doomed.url, "queue_length": 0}).json() == {
-                        "exist": False}:
-                break
+        # the live worker keeps beating (with a long queue, so the dead one is preferred while it is known)
+        while post(ctrl + "/get_worker_address", {"model": "m-kill"}).json()["address"] != live.url:
             assert time.monotonic() < deadline, "dead worker never expired"
+            post(ctrl + "/receive_heart_beat", {"worker_name": live.url, "queue_length": 1000})
             time.sleep(0.2)
+        assert time.monotonic() - t0 > 0.9  # removed by expiry (1 s), not by the failed request
+        assert post(ctrl + "/receive_heart_beat", {"worker_name": doomed.url, "queue_length": 0}).json() == {
+            "exist": False}
         chunks = stream_chunks(ctrl + "/worker_generate_stream", {"model": "m-kill", "prompt": "p"})
         assert chunks[-1] == {"text": f"p[{live.url}] héllo wörld", "error_code": 0}
     finally:

@@ -148,8 +148,8 @@ def _render(template: Conversation, turns: Sequence[tuple[int, str]]) -> str:
 def supervised_char_spans(template: Conversation, turns: Sequence[tuple[int, str]]) -> tuple[str, list[tuple[int, int]]]:
     """Render `turns` and return (prompt, [(start, end) character span of each supervised reply]).
 
-    A span runs from the first character of the reply to the end of what the template writes after
-    it for that turn (its end-of-turn separator). Empty replies (rendered by the template as an open
+    A span runs from the first character of the reply (or of the spaces just before it) to the end of
+    what the template writes after it for that turn (its end-of-turn separator). Empty replies (rendered by the template as an open
     turn) have no span.
     """
     prompt = _render(template, turns)
@@ -165,7 +165,10 @@ def supervised_char_spans(template: Conversation, turns: Sequence[tuple[int, str
         header, _, footer = probe[len(before):].partition(_SENTINEL)
         if through != before + header + text + footer:
             raise RuntimeError(f"template {template.version!r}: cannot locate reply {k} in the rendered prompt")
-        spans.append((len(before) + len(header), len(through)))
+        # A space between the role header and the reply is supervised with the reply: SentencePiece
+        # glues it to the reply's first word ("▁Yes"), and where it stays a lone "▁" token the
+        # original supervised that token too. Newlines of a header ("...model\n") stay masked.
+        spans.append((len(before) + len(header.rstrip(" ")), len(through)))
     return prompt, spans
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# --- constants shared by controller and workers (MGM_SPEC §4.1, §7.3, §9.3) -------------------------
-CONTROLLER_HEART_BEAT_EXPIRATION = 30  # seconds without a beat before a heart-beat-checked worker is dropped
-WORKER_HEART_BEAT_INTERVAL = 15  # seconds between a worker's beats
+# seconds without a beat before a heart-beat-checked worker is dropped / between a worker's beats (§4.1)
+from mgm.constants import CONTROLLER_HEART_BEAT_EXPIRATION, WORKER_HEART_BEAT_INTERVAL  # noqa: F401 (re-export)
 
+# --- constants shared by controller and workers (MGM_SPEC §7.3, §9.3) --------------------------------
 SERVER_ERROR_MSG = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
 MODERATION_MSG = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
 EXCEEDS_MAX_TOKENS_MSG = "Exceeds max token length. Please start a new conversation, thanks."

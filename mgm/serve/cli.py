@@ -1,0 +1,143 @@
+"""Interactive (or piped) multi-turn chat with an MGM checkpoint: `python -m mgm.serve.cli` (MGM_SPEC §7.1).
+
+Type questions after the prompt; an empty line or end of input exits. Questions may also be piped on
+standard input, one per line, for scripting. The template comes from the model's config; `--conv-mode`
+overrides it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from mgm.errors import UserError, exit_on_user_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mgm.serve.cli", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True, help="MGM checkpoint folder (config.json + weights)")
+    p.add_argument("--model-base", default=None, help="base LLM for projector-only or LoRA folders")
+    p.add_argument("--image-file", default=None, help="image path(s), comma-separated for several images")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--conv-mode", default=None, help="prompt template (default: chosen from the model config)")
+    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
+    p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
+    p.add_argument("--use-flash-attn", action="store_true")
+    p.add_argument("--allow-remote-images", action="store_true", help="allow http(s) URLs in --image-file")
+    p.add_argument("--ocr", action="store_true", help="add text read from the image(s) to the first question")
+    p.add_argument("--gen", action="store_true", help="reasoning-driven image generation from <h>...</h>")
+    p.add_argument("--gen-model-path", default="stabilityai/stable-diffusion-xl-base-1.0",
+                   help="diffusers text-to-image pipeline (folder or hub id) for --gen")
+    p.add_argument("--output-file", default="generate.png", help="where --gen saves the image")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--debug", action="store_true", help="print the prompt and raw output of every turn")
+    return p
+
+
+def _read_line(prompt: str, interactive: bool) -> str | None:
+    try:
+        return input(prompt) if interactive else sys.stdin.readline()
+    except EOFError:
+        return None
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.load_8bit and args.load_4bit:
+        raise UserError("--load-8bit and --load-4bit are mutually exclusive")
+
+    import torch
+
+    from mgm.conversation import conv_templates, template_for_model_config
+    from mgm.data.image import open_image
+    from mgm.mm_utils import get_model_name_from_path
+    from mgm.model.builder import load_pretrained_model
+    from mgm.serve.engine import GenerationParams, InferenceEngine, Request
+
+    images = []
+    if args.image_file:
+        images = [open_image(p.strip(), allow_remote=args.allow_remote_images)
+                  for p in args.image_file.split(",") if p.strip()]
+    ocr_text = None
+    if args.ocr:
+        if not images:
+            raise UserError("--ocr needs --image-file")
+        from mgm.serve.ocr import build_ocr
+
+        ocr_text = ", ".join(build_ocr().read(image) for image in images)
+        print(f"OCR Token: {ocr_text}")
+    pipe = None
+    if args.gen:
+        from mgm.serve.imagegen import load_pipeline
+
+        pipe = load_pipeline(args.gen_model_path, device=args.device)
+
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    tokenizer, model, processor, context_len = load_pretrained_model(
+        args.model_path, args.model_base, get_model_name_from_path(args.model_path), args.load_8bit,
+        args.load_4bit, device=args.device, use_flash_attn=args.use_flash_attn)
+    if images and model.get_vision_tower() is None:
+        raise UserError(f"{args.model_path} has no vision tower; run without --image-file")
+
+    auto_mode = template_for_model_config(model.config, tokenizer)
+    conv_mode = args.conv_mode or auto_mode
+    if conv_mode not in conv_templates:
+        raise UserError(f"--conv-mode {conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
+    if args.conv_mode and args.conv_mode != auto_mode:
+        print(f"[WARNING] the auto inferred conversation mode is {auto_mode}, while `--conv-mode` is "
+              f"{args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
+    conv = conv_templates[conv_mode].copy()
+    engine = InferenceEngine(tokenizer, model, processor, context_len)
+    stop = conv.stop_strings() if hasattr(conv, "stop_strings") else []
+    for s in stop:
+        engine.add_eos_token(s)
+    params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, stop=[s for s in stop if s])
+
+    interactive = sys.stdin.isatty()
+    user_role, assistant_role = conv.roles
+    first = True
+    while True:
+        line = _read_line(f"{user_role}: ", interactive)
+        if line is None or not line.strip():
+            print("exit...")
+            return 0
+        text = line.strip()
+        if ocr_text is not None and first:
+            text += "\nReference OCR Token: " + ocr_text + "\n"
+        if pipe is not None:
+            text += " <GEN>"
+        if first and images:
+            text = "<image>\n" * len(images) + text
+            if len(images) >= 2:
+                parts = text.split("<image>")
+                text = parts[0] + "".join(f"Image {k}:<image>{rest}" for k, rest in enumerate(parts[1:], 1))
+        first = False
+        conv.append_message(conv.roles[0], text)
+        conv.append_message(conv.roles[1], None)
+        prompt = conv.get_prompt()
+        print(f"{assistant_role}: ", end="", flush=True)
+        pieces = []
+        for piece in engine.stream(Request(prompt, images, params), cancel=threading.Event()):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print()
+        answer = "".join(pieces).strip()
+        conv.messages[-1][-1] = answer
+        if args.debug:
+            print({"prompt": prompt, "outputs": answer})
+        if pipe is not None and "<h>" in answer and "</h>" in answer:
+            from mgm.serve.imagegen import generate_image, hidden_prompt
+
+            generate_image(pipe, hidden_prompt(answer, last=True)).save(args.output_file)
+            print(f"Generate an image, save at {args.output_file}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""Literal writer of MGM checkpoints in the original on-disk layout (MGM_SPEC §2.2, §2.10), plus weight I/O.
+
+This module never imports `mgm.model`: it writes the files the original code wrote, from tensors and dicts,
+so tests of the real loader compare against an independent description of the format.
+
+Full (stage-2) checkpoint, `build_mgm_checkpoint(...)`:
+- `config.json`: the base LLM's config as transformers 4.36/4.38 wrote it (`rope_theta`, `rope_scaling`,
+  `torch_dtype`, ...) + `model_type` (`mgm`, `mgm_gemma`, `mgm_mistral`, `mgm_mixtral`, or the legacy
+  `mini_gemini*`), `architectures` and every MGM key of §2.2 with the released values scaled to the tiny towers.
+- weights: the LLM state dict (same keys as the LLM folder, e.g. Mixtral's `block_sparse_moe.experts.{e}.w1`)
+  + `model.mm_projector.{0,2}.*` + the CLIP vision weights under `model.vision_tower.vision_tower.vision_model.*`
+  + the ConvNeXt trunk under `model.vision_tower_aux.vision_stem.*` / `vision_stages.*`
+  + `model.vlm_uni_{query,aux,val}_projector.{0 (LayerNorm), 1 (Linear)}.*`;
+  as `model.safetensors`, `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`, `pytorch_model.bin`
+  or `pytorch_model-0000i-of-0000n.bin` + `pytorch_model.bin.index.json`.
+- tokenizer files (with MGM's pad-token changes) and `generation_config.json`.
+
+Stage-1 adapter, `write_stage1_adapter(...)`: `mm_projector.bin` (flat dict, full keys, both towers included,
+§2.10.3) + `config.json`.
+
+Run `python -m mgm.zoo.tiny --help` to build the whole zoo.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # imported lazily at run time: llms imports this module
+    from mgm.zoo.llms import LLMSpec
+
+WEIGHT_FORMATS = ("safetensors", "bin")
+TOWER_MODES = ("same", "perturbed", "none", "partial")
+TOWER_PATH_MODES = ("absolute", "relative")
+
+# Prefixes of the MGM-specific weights in a full checkpoint (MGM_SPEC Appendix A item 2).
+MGM_PREFIXES: tuple[str, ...] = (
+    "model.mm_projector.",
+    "model.vision_tower.vision_tower.vision_model.",
+    "model.vision_tower_aux.vision_stem.",
+    "model.vision_tower_aux.vision_stages.",
+    "model.vlm_uni_query_projector.",
+    "model.vlm_uni_aux_projector.",
+    "model.vlm_uni_val_projector.",
+)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random weights
+
+
+def seeded_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, component name), so components do not depend on build order."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    gen = torch.Generator()
+    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return gen
+
+
+def randomize_(target: torch.nn.Module | dict[str, torch.Tensor], gen: torch.Generator) -> None:
+    """Fill every floating tensor in place with non-trivial random values, in name order.
+
+    Rules (so tests are sensitive to every parameter, norms and layer scales included):
+    - 1-D `*weight` (LayerNorm / RMSNorm / LayerNorm2d scales): 1 + 0.2·N(0,1);
+    - `*gamma` (ConvNeXt layer scale): 0.5 + 0.2·N(0,1);
+    - 1-D `*bias`: 0.1·N(0,1); other 1-D (e.g. CLIP `class_embedding`): 0.5·N(0,1); scalars: 0.1·N(0,1);
+    - ≥2-D: N(0,1)/sqrt(fan_in), fan_in = in·kh·kw for 4-D convs, else the last dimension.
+
+    Args:
+        target: a module (its parameters, tied ones once) or a dict of tensors.
+        gen: the generator.
+    """
+    if isinstance(target, torch.nn.Module):
+        items: Iterable[tuple[str, torch.Tensor]] = target.named_parameters()
+    else:
+        items = target.items()
+    with torch.no_grad():
+        for name, tensor in sorted(items, key=lambda kv: kv[0]):
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=gen, dtype=torch.float32)
+            if name.endswith("gamma"):
+                value = 0.5 + 0.2 * noise
+            elif tensor.dim() == 0:
+                value = 0.1 * noise
+            elif tensor.dim() == 1:
+                if name.endswith("weight"):
+                    value = 1.0 + 0.2 * noise
+                elif name.endswith("bias"):
+                    value = 0.1 * noise
+                else:
+                    value = 0.5 * noise
+            else:
+                fan_in = tensor[0].numel() if tensor.dim() == 4 else tensor.shape[-1]
+                value = noise / fan_in**0.5
+            tensor.copy_(value.to(tensor.dtype))
+
+
+def perturbed(state: dict[str, torch.Tensor], gen: torch.Generator, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """Copy of `state` with every floating tensor shifted by scale·N(0,1) (integer tensors copied)."""
+    out: dict[str, torch.Tensor] = {}
+    for name in sorted(state):
+        t = state[name]
+        if t.is_floating_point():
+            out[name] = t + scale * torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.dtype)
+        else:
+            out[name] = t.clone()
+    return {k: out[k] for k in state}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weight files
+
+
+def save_state_dict(state: dict[str, torch.Tensor], folder: str | Path, fmt: str = "safetensors",
+                    shards: int = 1) -> list[Path]:
+    """Write `state` as HF `save_pretrained` does: one file, or `shards` files + an index.
+
+    Args:
+        state: ordered {key: tensor}; shards are contiguous runs of this order, cut at ~equal byte sizes
+            (as `max_shard_size` does).
+        folder: output folder (created).
+        fmt: "safetensors" (`model*.safetensors`, metadata {"format": "pt"}) or "bin" (`pytorch_model*.bin`).
+        shards: number of files; 1 writes `model.safetensors` / `pytorch_model.bin` with no index.
+
+    Returns:
+        The weight files written (index not included).
+
+    Raises:
+        ValueError: bad fmt or shard count.
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format must be one of {WEIGHT_FORMATS}, got {fmt!r}")
+    if shards < 1 or shards > len(state):
+        raise ValueError(f"shards must be between 1 and {len(state)} (number of tensors), got {shards}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    # Own contiguous memory per tensor: safetensors refuses shared storage, torch.save would keep whole bases.
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    if shards == 1:
+        path = out / f"{stem}.{ext}"
+        _write_weights(state, path, fmt)
+        return [path]
+    sizes = [t.numel() * t.element_size() for t in state.values()]
+    total = sum(sizes)
+    groups: list[list[str]] = [[]]
+    running = 0
+    for (key, size) in zip(state, sizes):
+        # Start a new shard once this one holds its share, keeping enough keys for the remaining shards.
+        target = total * len(groups) / shards
+        keys_left = len(state) - sum(len(g) for g in groups)
+        if groups[-1] and len(groups) < shards and (running + size / 2 > target or keys_left <= shards - len(groups)):
+            groups.append([])
+        groups[-1].append(key)
+        running += size
+    weight_map: dict[str, str] = {}
+    paths: list[Path] = []
+    for i, keys in enumerate(groups, start=1):
+        path = out / f"{stem}-{i:05d}-of-{len(groups):05d}.{ext}"
+        _write_weights({k: state[k] for k in keys}, path, fmt)
+        weight_map.update({k: path.name for k in keys})
+        paths.append(path)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return paths
+
+
+def _write_weights(state: dict[str, torch.Tensor], path: Path, fmt: str) -> None:
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path), metadata={"format": "pt"})
+    else:
+        torch.save(state, path)
+
+
+def load_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Read every tensor of a checkpoint folder written in any of the layouts `save_state_dict` writes.
+
+    Prefers safetensors (index, then single file), then .bin (index, then single file), like transformers.
+
+    Raises:
+        FileNotFoundError: no weight file in the folder.
+    """
+    from safetensors.torch import load_file
+
+    d = Path(folder)
+    for stem, ext in (("model", "safetensors"), ("pytorch_model", "bin")):
+        index = d / f"{stem}.{ext}.index.json"
+        single = d / f"{stem}.{ext}"
+        if index.exists():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif single.exists():
+            files = [single.name]
+        else:
+            continue
+        state: dict[str, torch.Tensor] = {}
+        for name in files:
+            if ext == "safetensors":
+                state.update(load_file(str(d / name)))
+            else:
+                state.update(torch.load(d / name, map_location="cpu", weights_only=True))
+        return state
+    raise FileNotFoundError(f"no model.safetensors / pytorch_model.bin (single or indexed) in {d}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# MGM modules
+
+
+def mgm_extra_state(seed: int, name: str, hidden_size: int, mm_hidden: int, mm_hidden_aux: int
+                    ) -> dict[str, torch.Tensor]:
+    """Random `mm_projector` (mlp2x_gelu) and `vlm_uni_*` weights with their full checkpoint keys.
+
+    Shapes (H = LLM hidden, D = mm_hidden_size, C = mm_hidden_size_aux):
+    mm_projector.0 Linear D->H, .2 Linear H->H; vlm_uni_query_projector = LayerNorm(D), Linear D->D;
+    vlm_uni_aux_projector / vlm_uni_val_projector = LayerNorm(C), Linear C->D.
+    """
+    h, d, c = hidden_size, mm_hidden, mm_hidden_aux
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.mm_projector.0.weight": (h, d), "model.mm_projector.0.bias": (h,),
+        "model.mm_projector.2.weight": (h, h), "model.mm_projector.2.bias": (h,),
+    }
+    for proj, width in (("query", d), ("aux", c), ("val", c)):
+        p = f"model.vlm_uni_{proj}_projector"
+        shapes.update({f"{p}.0.weight": (width,), f"{p}.0.bias": (width,),
+                       f"{p}.1.weight": (d, width), f"{p}.1.bias": (d,)})
+    state = {k: torch.empty(v) for k, v in shapes.items()}
+    randomize_(state, seeded_generator(seed, f"mgm/{name}"))
+    return state
+
+
+def tower_state(clip_dir: str | Path, convnext_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The tower weights as an MGM checkpoint embeds them, read from the tower folders.
+
+    Returns:
+        (clip, convnext): `model.vision_tower.vision_tower.vision_model.*` from the CLIP folder's `vision_model.*`
+        keys; `model.vision_tower_aux.vision_stem.*` / `vision_stages.*` from the open_clip file's
+        `visual.trunk.stem.*` / `visual.trunk.stages.*` keys (head and text tower dropped).
+    """
+    clip_sd = load_state_dict(clip_dir)
+    clip = {f"model.vision_tower.vision_tower.{k}": v for k, v in clip_sd.items() if k.startswith("vision_model.")}
+    oc = torch.load(Path(convnext_dir) / "open_clip_pytorch_model.bin", map_location="cpu", weights_only=True)
+    conv: dict[str, torch.Tensor] = {}
+    for k, v in oc.items():
+        for src, dst in (("visual.trunk.stem.", "vision_stem."), ("visual.trunk.stages.", "vision_stages.")):
+            if k.startswith(src):
+                conv[f"model.vision_tower_aux.{dst}{k[len(src):]}"] = v
+    return clip, conv
+
+
+def mgm_config(spec: "LLMSpec", vocab_size: int, *, clip_hidden: int, aux_hidden: int, vision_tower: str,
+               vision_tower_aux: str, hd: bool, image_size_aux: int, model_max_length: int,
+               legacy_names: bool = False, stage1: bool = False, dtype: str = "float32",
+               name_or_path: str = "") -> dict[str, object]:
+    """config.json of an MGM checkpoint: the base LLM config as released + the MGM keys (MGM_SPEC §2.2).
+
+    Args:
+        spec: the LLM family.
+        vocab_size: LLM vocabulary (= tokenizer length).
+        clip_hidden / aux_hidden: `mm_hidden_size` / `mm_hidden_size_aux`.
+        vision_tower / vision_tower_aux: tower paths as they will be stored.
+        hd: HD variant (`image_grid` 2, `image_global` true).
+        image_size_aux: HR input side.
+        model_max_length: `tokenizer_model_max_length`.
+        legacy_names: write the pre-rename `mini_gemini*` model_type and `MiniGemini*ForCausalLM`.
+        stage1: a stage-1 (projector pre-training) config: `tune_mm_mlp_adapter` true, aspect "square".
+        dtype: `torch_dtype` of the weights.
+        name_or_path: `_name_or_path` (the base LLM path the run started from).
+
+    Returns:
+        The dict, keys sorted as transformers writes them.
+    """
+    cfg = spec.legacy_config(vocab_size, dtype)
+    cfg.update({
+        "_name_or_path": name_or_path,
+        "architectures": [spec.mgm_architecture(legacy_names)],
+        "model_type": spec.mgm_model_type(legacy_names),
+        "mm_vision_tower": vision_tower,
+        "mm_vision_tower_aux": vision_tower_aux,
+        "mm_hidden_size": clip_hidden,
+        "mm_hidden_size_aux": aux_hidden,
+        "mm_projector_type": "mlp2x_gelu",
+        "use_mm_proj": True,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_size_aux": image_size_aux,
+        "image_grid": 2 if hd else 1,
+        "image_global": hd,
+        "image_aspect_ratio": "square" if stage1 else "pad",
+        "image_grid_pinpoints": None,
+        "optimize_vision_tower": False,
+        "optimize_vision_tower_aux": False,
+        "tokenizer_padding_side": "right",
+        "tokenizer_model_max_length": model_max_length,
+        "tune_mm_mlp_adapter": stage1,
+        "freeze_mm_mlp_adapter": False,
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "mm_projector_lr": None,
+        "use_cache": True,
+    })
+    return dict(sorted(cfg.items()))
+
+
+def build_mgm_checkpoint(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str | Path, clip_dir: str | Path,
+                         convnext_dir: str | Path, seed: int, name: str, hd: bool = False,
+                         fmt: str = "safetensors", shards: int = 1, towers: str = "same",
+                         tower_paths: str = "absolute", legacy_names: bool = False, extra_keys: bool = False,
+                         image_size_aux: int | None = None, model_max_length: int = 512) -> dict[str, object]:
+    """Write a complete tiny MGM checkpoint in the original layout.
+
+    Args:
+        out_dir: checkpoint folder (its name should contain "mgm", as the original builder requires).
+        spec: LLM family; `llm_dir` is its tiny LLM folder (weights, config, tokenizer are taken from there).
+        clip_dir / convnext_dir: the tower folders (embedded copies are read from them).
+        seed: seed of the MGM modules (mm_projector, vlm_uni_*) and of tower perturbations; mixed with `name`.
+        name: checkpoint name (keeps MGM modules of different checkpoints different).
+        hd: HD variant: image_grid 2, image_global true, image_size_aux 2x.
+        fmt / shards: weight layout (see `save_state_dict`).
+        towers: embedded tower weights: "same" as the folders (released case), "perturbed" (every tensor shifted
+            by 0.05·N(0,1), so a test can tell which copy a loader used), "none" (no tower keys at all),
+            "partial" (complete ConvNeXt, CLIP missing its last encoder layer and post_layernorm).
+        tower_paths: "absolute" (paths of the tower folders) or "relative" (`model_zoo/OpenAI/<folder name>` as
+            in released configs; resolves when the zoo folder is called `model_zoo` and the cwd is its parent).
+        legacy_names: `mini_gemini*` model_type / `MiniGemini*ForCausalLM`.
+        extra_keys: also store `...vision_model.embeddings.position_ids` [1, P+1] int64 (old transformers did).
+        image_size_aux: HR side (default 64, HD 128).
+        model_max_length: `tokenizer_model_max_length` and the tokenizer's `model_max_length`.
+
+    Returns:
+        A manifest entry: path, family, weight files, options, and the expected MGM key prefixes.
+    """
+    from mgm.zoo.tokenizers import mgm_tokenizer_files
+
+    if towers not in TOWER_MODES:
+        raise ValueError(f"towers must be one of {TOWER_MODES}, got {towers!r}")
+    if tower_paths not in TOWER_PATH_MODES:
+        raise ValueError(f"tower_paths must be one of {TOWER_PATH_MODES}, got {tower_paths!r}")
+    out, llm_dir, clip_dir, convnext_dir = Path(out_dir), Path(llm_dir), Path(clip_dir), Path(convnext_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    llm_cfg = json.loads((llm_dir / "config.json").read_text())
+    clip_cfg = json.loads((clip_dir / "config.json").read_text())["vision_config"]
+    oc_cfg = json.loads((convnext_dir / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+    clip_hidden, aux_hidden = clip_cfg["hidden_size"], sum(oc_cfg["dims"])
+    if image_size_aux is None:
+        image_size_aux = oc_cfg["image_size"] * (2 if hd else 1)
+    if tower_paths == "absolute":
+        vt, vt_aux = str(clip_dir.resolve()), str(convnext_dir.resolve())
+        base = str(llm_dir.resolve())
+    else:
+        vt, vt_aux = f"model_zoo/OpenAI/{clip_dir.name}", f"model_zoo/OpenAI/{convnext_dir.name}"
+        base = f"model_zoo/LLM/{llm_dir.name}"
+
+    llm_state = load_state_dict(llm_dir)
+    clip, conv = tower_state(clip_dir, convnext_dir)
+    if towers == "perturbed":
+        clip = perturbed(clip, seeded_generator(seed, f"perturb-clip/{name}"))
+        conv = perturbed(conv, seeded_generator(seed, f"perturb-convnext/{name}"))
+    elif towers == "none":
+        clip, conv = {}, {}
+    elif towers == "partial":
+        last = clip_cfg["num_hidden_layers"] - 1
+        drop = (f".encoder.layers.{last}.", ".post_layernorm.")
+        clip = {k: v for k, v in clip.items() if not any(d in k for d in drop)}
+    if extra_keys and clip:
+        n = (clip_cfg["image_size"] // clip_cfg["patch_size"]) ** 2 + 1
+        clip["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(n).unsqueeze(0)
+    extra = mgm_extra_state(seed, name, llm_cfg["hidden_size"], clip_hidden, aux_hidden)
+    projector = {k: v for k, v in extra.items() if ".mm_projector." in k}
+    uni = {k: v for k, v in extra.items() if ".vlm_uni_" in k}
+    # Module registration order of the original: LLM body, vision_tower, mm_projector, vision_tower_aux,
+    # vlm_uni_* (added last), then lm_head (registered by the CausalLM after `model`).
+    body = {k: v for k, v in llm_state.items() if not k.startswith("lm_head.")}
+    head = {k: v for k, v in llm_state.items() if k.startswith("lm_head.")}
+    state = {**body, **clip, **projector, **conv, **uni, **head}
+    files = save_state_dict(state, out, fmt=fmt, shards=shards)
+
+    dtype = _dtype_name(next(iter(llm_state.values())).dtype)
+    config = mgm_config(spec, llm_cfg["vocab_size"], clip_hidden=clip_hidden, aux_hidden=aux_hidden,
+                        vision_tower=vt, vision_tower_aux=vt_aux, hd=hd, image_size_aux=image_size_aux,
+                        model_max_length=model_max_length, legacy_names=legacy_names, dtype=dtype,
+                        name_or_path=base)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copyfile(llm_dir / "generation_config.json", out / "generation_config.json")
+    mgm_tokenizer_files(spec.tokenizer, llm_dir, out, model_max_length)
+    return {
+        "path": str(out.resolve()),
+        "family": spec.family,
+        "model_type": config["model_type"],
+        "conv_mode": spec.conv_mode,
+        "hd": hd,
+        "format": fmt,
+        "shards": shards,
+        "weight_files": [p.name for p in files],
+        "towers": towers,
+        "tower_paths": tower_paths,
+        "legacy_names": legacy_names,
+        "extra_keys": extra_keys,
+        "image_size_aux": image_size_aux,
+        "num_tensors": len(state),
+    }
+
+
+def write_stage1_adapter(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str | Path, clip_dir: str | Path,
+                         convnext_dir: str | Path, seed: int, name: str, model_max_length: int = 512
+                         ) -> dict[str, object]:
+    """Write a stage-1 output folder: `mm_projector.bin` + `config.json` (MGM_SPEC §2.10.3).
+
+    `mm_projector.bin` is a `torch.save`d flat dict with full keys: `model.mm_projector.*`, `model.vlm_uni_*`,
+    and both towers (`model.vision_tower.vision_tower.vision_model.*`, `model.vision_tower_aux.vision_st*`),
+    since the original's key filter `vision_tower` also matches the frozen towers.
+
+    Returns:
+        A manifest entry (path, mm_projector file, family).
+    """
+    out, llm_dir, clip_dir, convnext_dir = Path(out_dir), Path(llm_dir), Path(clip_dir), Path(convnext_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    llm_cfg = json.loads((llm_dir / "config.json").read_text())
+    clip_cfg = json.loads((clip_dir / "config.json").read_text())["vision_config"]
+    oc_cfg = json.loads((convnext_dir / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
+    clip_hidden, aux_hidden = clip_cfg["hidden_size"], sum(oc_cfg["dims"])
+    clip, conv = tower_state(clip_dir, convnext_dir)
+    extra = mgm_extra_state(seed, name, llm_cfg["hidden_size"], clip_hidden, aux_hidden)
+    projector = {k: v for k, v in extra.items() if ".mm_projector." in k}
+    uni = {k: v for k, v in extra.items() if ".vlm_uni_" in k}
+    state = {k: v.contiguous().clone() for k, v in {**clip, **projector, **conv, **uni}.items()}
+    torch.save(state, out / "mm_projector.bin")
+    config = mgm_config(spec, llm_cfg["vocab_size"], clip_hidden=clip_hidden, aux_hidden=aux_hidden,
+                        vision_tower=str(clip_dir.resolve()), vision_tower_aux=str(convnext_dir.resolve()),
+                        hd=False, image_size_aux=oc_cfg["image_size"], model_max_length=model_max_length,
+                        stage1=True, dtype=_dtype_name(next(iter(state.values())).dtype),
+                        name_or_path=str(llm_dir.resolve()))
+    config["use_cache"] = True
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"path": str(out.resolve()), "family": spec.family, "mm_projector": str((out / "mm_projector.bin").resolve()),
+            "num_tensors": len(state)}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
