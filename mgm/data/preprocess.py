@@ -11,12 +11,15 @@ silently zeroed a sample when its count disagreed. Here:
    the ids of the whole prompt and the ids of the prompt cut at that position. This absorbs tokenizer
    merges at the boundaries without any per-template arithmetic.
 
-Supervised = the reply plus the end-of-turn text the template writes after it, which is exactly what
-the original supervises: `</s>` (v1), `" </s>"` (llama_2 / mistral_instruct), `<|eot_id|>` (llama_3),
-`<end_of_turn>\\n<eos>` (gemma), `<|im_end|>` (mpt / chatml_direct), `"\\n"` (plain).
+Supervised = the reply (with the space that separates it from a `USER: `-style header, which
+SentencePiece glues to the reply's first word) plus the end-of-turn text the template writes after
+it, which is exactly what the original supervises: `</s>` (v1), `" </s>"` (llama_2 /
+mistral_instruct), `<|eot_id|>` (llama_3), `<end_of_turn>\\n<eos>` (gemma), `<|im_end|>` (mpt /
+chatml_direct), `"\\n"` (plain).
 
 Deviations from the original, on purpose:
-- Multi-image samples keep one `<image>` per image (the original collapsed them into one, §10.15).
+- Multi-image samples keep one `<image>` per image (the original collapsed them into one, §10.15),
+  also in the `plain` format; an image sample without a tag gets one on its first human turn.
 - Templates the original sent through its generic "v0" path (SINGLE style such as `llava_v0`,
   `v0_mmtag`; and `phi_2`, `imgsp_v1`) are rendered with their own `get_prompt()` like every other
   template, i.e. exactly as inference renders them, instead of the original's `### Role: ...\\n` text.
@@ -68,15 +71,17 @@ def preprocess_multimodal(
     """Normalise the `<image>` tags of an image sample; returns a new list (the input is not changed).
 
     Every turn that mentions `<image>` loses all its tags and is stripped; the first such turn (or the
-    first human turn when no turn has a tag) then starts with one `"<image>\\n"` per image. For one
-    image this is exactly the original rule. For several images the original collapsed the tags into
-    one (MGM_SPEC §10.15); here the number of tags equals `num_images`.
+    first human turn when no turn has a tag) then starts with one `"<image>\\n"` per image, so the
+    number of tags always equals `num_images`. For one image tagged in one turn this is exactly the
+    original rule. The original instead put one tag on EVERY tagged turn (several images collapsed
+    into one tag, or one image given several tags, MGM_SPEC §10.15) and left untagged samples untagged
+    (the image was silently unused).
     Then, as in the original: `mmtag` templates wrap each tag as `<Image><image></Image>`, and
     `mm_use_im_start_end` turns it into `<im_start><image><im_end>`.
     """
     if num_images < 1:
         raise ValueError(f"preprocess_multimodal: num_images must be >= 1, got {num_images}")
-    turns = [dict(turn) for turn in copy.deepcopy(list(conversations))]
+    turns = copy.deepcopy(list(conversations))
     tagged = [i for i, turn in enumerate(turns) if DEFAULT_IMAGE_TOKEN in _value(turn, i)]
     for i in tagged:
         turns[i]["value"] = turns[i]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
@@ -145,12 +150,14 @@ def _render(template: Conversation, turns: Sequence[tuple[int, str]]) -> str:
     return conv.get_prompt()
 
 
-def supervised_char_spans(template: Conversation, turns: Sequence[tuple[int, str]]) -> tuple[str, list[tuple[int, int]]]:
+def supervised_char_spans(
+    template: Conversation, turns: Sequence[tuple[int, str]]
+) -> tuple[str, list[tuple[int, int]]]:
     """Render `turns` and return (prompt, [(start, end) character span of each supervised reply]).
 
-    A span runs from the first character of the reply (or of the spaces just before it) to the end of
-    what the template writes after it for that turn (its end-of-turn separator). Empty replies (rendered by the template as an open
-    turn) have no span.
+    A span runs from the first character of the reply (or of the spaces just before it) to the end
+    of what the template writes after it for that turn (its end-of-turn separator). Empty replies
+    (which a template renders as an open turn) have no span.
     """
     prompt = _render(template, turns)
     spans: list[tuple[int, int]] = []
@@ -240,14 +247,15 @@ def tokenize_conversation(
         last = _common_prefix_len(ids, encode(prompt[:end]))
         labels[first:last] = ids[first:last]
 
-    truncated = max_length is not None and len(ids) > max_length
+    full_len = len(ids)
+    truncated = max_length is not None and full_len > max_length
     if truncated:
         ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
         if not spans:
             why = "it has no non-empty gpt reply"
         elif truncated:
-            why = f"every reply lies beyond max_length={max_length} (prompt has {len(encode(prompt))} tokens)"
+            why = f"every reply lies beyond max_length={max_length} (the sample has {full_len} tokens)"
         else:
             why = "its replies map to no tokens"
         raise EmptyTargetError(

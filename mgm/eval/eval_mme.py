@@ -130,7 +130,8 @@ def convert_answers_to_mme(
         key = (category, txt_name, prompt)
         if key not in gt:
             raise UserError(f"{where}, record {index}: no MME ground truth for category {category!r}, "
-                            f"question file {txt_name!r}, question {prompt!r}; wrong --mme-root or not an MME answers file?")
+                            f"question file {txt_name!r}, question {prompt!r}; "
+                            "wrong --mme-root or not an MME answers file?")
         results.setdefault(category, []).append((txt_name, prompt, gt[key], _one_line(str(answer["text"]))))
     return results
 
@@ -246,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mgm.eval.eval_mme",
         description="Convert MME answers to the MME kit's per-category files and compute perception/cognition scores.",
-        epilog="Layout of --mme-root and the scoring rules: see the module docstring (python -m pydoc mgm.eval.eval_mme).",
+        epilog="Layout of --mme-root and the scoring rules: python -m pydoc mgm.eval.eval_mme",
     )
     parser.add_argument("--answers-file", help="answers JSONL {question_id: '<category>/<image>', prompt, text}")
     parser.add_argument("--mme-root", help="MME_Benchmark_release_version directory (or its parent)")

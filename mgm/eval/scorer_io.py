@@ -77,7 +77,8 @@ def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), what: str 
     records = []
     for lineno, record in iter_jsonl(path, what):
         if not isinstance(record, dict):
-            raise UserError(f"{what} {os.fspath(path)}, line {lineno}: expected a JSON object, got {type(record).__name__}")
+            raise UserError(f"{what} {os.fspath(path)}, line {lineno}: expected a JSON object, "
+                            f"got {type(record).__name__}")
         check_keys(record, required, f"{what} {os.fspath(path)}, line {lineno}")
         records.append(record)
     return records

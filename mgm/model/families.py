@@ -104,7 +104,22 @@ def family_classes() -> dict[str, tuple[type, type, type]]:
 
 
 def register_auto_classes() -> None:
-    """Register every MGM model_type with AutoConfig / AutoModelForCausalLM (idempotent)."""
+    """Register every MGM model_type with AutoConfig / AutoModelForCausalLM (idempotent).
+
+    Also gives each MGM model_type the checkpoint conversion of its base family (transformers 5 fuses
+    Mixtral's per-expert weights on load and splits them back on save), so released checkpoints load
+    and `save_pretrained` writes their original layout.
+    """
+    from transformers import conversion_mapping as cm
+
+    for fam in FAMILIES:
+        mapping = cm.get_checkpoint_conversion_mapping(fam.config_base.model_type)
+        for transform in mapping or []:
+            # Only the decoder layers: a bare ".mlp." rename would also hit the CLIP tower's keys.
+            transform.scope_prefix, transform.base_model_prefix = "layers", "model"
+        for model_type in (fam.model_type, fam.legacy_model_type):
+            if mapping is not None and cm.get_checkpoint_conversion_mapping(model_type) is None:
+                cm.register_checkpoint_conversion_mapping(model_type, mapping)
     for model_type, (config_cls, _, causal_cls) in family_classes().items():
         AutoConfig.register(model_type, config_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
@@ -125,3 +140,12 @@ def family_of(model_type: str) -> Family:
             return fam
     raise UserError(f"unknown model_type {model_type!r}; valid: "
                     + ", ".join(sorted(t for f in FAMILIES for t in (f.model_type, f.legacy_model_type))))
+
+
+def family_for_llm(model_type: str) -> Family:
+    """The MGM family wrapping a base LLM `model_type` ('llama', 'gemma', ...) or an MGM one."""
+    for fam in FAMILIES:
+        if model_type in (fam.config_base.model_type, fam.model_type, fam.legacy_model_type):
+            return fam
+    raise UserError(f"LLM model_type {model_type!r} has no MGM family; supported: "
+                    + ", ".join(f.config_base.model_type for f in FAMILIES))

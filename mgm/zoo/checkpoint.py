@@ -236,7 +236,8 @@ def mgm_extra_state(seed: int, name: str, hidden_size: int, mm_hidden: int, mm_h
     return state
 
 
-def tower_state(clip_dir: str | Path, convnext_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def tower_state(clip_dir: str | Path, convnext_dir: str | Path
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The tower weights as an MGM checkpoint embeds them, read from the tower folders.
 
     Returns:
@@ -255,7 +256,7 @@ def tower_state(clip_dir: str | Path, convnext_dir: str | Path) -> tuple[dict[st
     return clip, conv
 
 
-def mgm_config(spec: "LLMSpec", vocab_size: int, *, clip_hidden: int, aux_hidden: int, vision_tower: str,
+def mgm_config(spec: "LLMSpec", llm_config: dict[str, object], *, clip_hidden: int, aux_hidden: int, vision_tower: str,
                vision_tower_aux: str, hd: bool, image_size_aux: int, model_max_length: int,
                legacy_names: bool = False, stage1: bool = False, dtype: str = "float32",
                name_or_path: str = "") -> dict[str, object]:
@@ -263,7 +264,7 @@ def mgm_config(spec: "LLMSpec", vocab_size: int, *, clip_hidden: int, aux_hidden
 
     Args:
         spec: the LLM family.
-        vocab_size: LLM vocabulary (= tokenizer length).
+        llm_config: the tiny LLM folder's config.json (vocab size and bos/eos/pad ids are taken from it).
         clip_hidden / aux_hidden: `mm_hidden_size` / `mm_hidden_size_aux`.
         vision_tower / vision_tower_aux: tower paths as they will be stored.
         hd: HD variant (`image_grid` 2, `image_global` true).
@@ -277,7 +278,8 @@ def mgm_config(spec: "LLMSpec", vocab_size: int, *, clip_hidden: int, aux_hidden
     Returns:
         The dict, keys sorted as transformers writes them.
     """
-    cfg = spec.legacy_config(vocab_size, dtype)
+    ids = {k: llm_config.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    cfg = spec.legacy_config(int(llm_config["vocab_size"]), ids, dtype)
     cfg.update({
         "_name_or_path": name_or_path,
         "architectures": [spec.mgm_architecture(legacy_names)],
@@ -313,7 +315,8 @@ def build_mgm_checkpoint(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str |
                          convnext_dir: str | Path, seed: int, name: str, hd: bool = False,
                          fmt: str = "safetensors", shards: int = 1, towers: str = "same",
                          tower_paths: str = "absolute", legacy_names: bool = False, extra_keys: bool = False,
-                         image_size_aux: int | None = None, model_max_length: int = 512) -> dict[str, object]:
+                         image_size_aux: int | None = None, model_max_length: int = 512,
+                         dtype: str | None = None) -> dict[str, object]:
     """Write a complete tiny MGM checkpoint in the original layout.
 
     Args:
@@ -333,9 +336,11 @@ def build_mgm_checkpoint(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str |
         extra_keys: also store `...vision_model.embeddings.position_ids` [1, P+1] int64 (old transformers did).
         image_size_aux: HR side (default 64, HD 128).
         model_max_length: `tokenizer_model_max_length` and the tokenizer's `model_max_length`.
+        dtype: cast every floating tensor ("bfloat16", "float16", ...) and write it as `torch_dtype`
+            (released checkpoints are bfloat16); None keeps float32.
 
     Returns:
-        A manifest entry: path, family, weight files, options, and the expected MGM key prefixes.
+        A manifest entry: path, family, options, weight files, number of tensors.
     """
     from mgm.zoo.tokenizers import mgm_tokenizer_files
 
@@ -343,70 +348,53 @@ def build_mgm_checkpoint(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str |
         raise ValueError(f"towers must be one of {TOWER_MODES}, got {towers!r}")
     if tower_paths not in TOWER_PATH_MODES:
         raise ValueError(f"tower_paths must be one of {TOWER_PATH_MODES}, got {tower_paths!r}")
-    out, llm_dir, clip_dir, convnext_dir = Path(out_dir), Path(llm_dir), Path(clip_dir), Path(convnext_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    llm_cfg = json.loads((llm_dir / "config.json").read_text())
-    clip_cfg = json.loads((clip_dir / "config.json").read_text())["vision_config"]
-    oc_cfg = json.loads((convnext_dir / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
-    clip_hidden, aux_hidden = clip_cfg["hidden_size"], sum(oc_cfg["dims"])
+    src = _Sources(Path(llm_dir), Path(clip_dir), Path(convnext_dir))
+    out = _fresh_dir(out_dir)
     if image_size_aux is None:
-        image_size_aux = oc_cfg["image_size"] * (2 if hd else 1)
+        image_size_aux = src.convnext_cfg["image_size"] * (2 if hd else 1)
     if tower_paths == "absolute":
-        vt, vt_aux = str(clip_dir.resolve()), str(convnext_dir.resolve())
-        base = str(llm_dir.resolve())
+        vt, vt_aux, base = str(src.clip_dir.resolve()), str(src.convnext_dir.resolve()), str(src.llm_dir.resolve())
     else:
-        vt, vt_aux = f"model_zoo/OpenAI/{clip_dir.name}", f"model_zoo/OpenAI/{convnext_dir.name}"
-        base = f"model_zoo/LLM/{llm_dir.name}"
+        vt, vt_aux = f"model_zoo/OpenAI/{src.clip_dir.name}", f"model_zoo/OpenAI/{src.convnext_dir.name}"
+        base = f"model_zoo/LLM/{src.llm_dir.name}"
 
-    llm_state = load_state_dict(llm_dir)
-    clip, conv = tower_state(clip_dir, convnext_dir)
+    llm_state = load_state_dict(src.llm_dir)
+    clip, conv = tower_state(src.clip_dir, src.convnext_dir)
     if towers == "perturbed":
         clip = perturbed(clip, seeded_generator(seed, f"perturb-clip/{name}"))
         conv = perturbed(conv, seeded_generator(seed, f"perturb-convnext/{name}"))
     elif towers == "none":
         clip, conv = {}, {}
     elif towers == "partial":
-        last = clip_cfg["num_hidden_layers"] - 1
-        drop = (f".encoder.layers.{last}.", ".post_layernorm.")
+        drop = (f".encoder.layers.{src.clip_cfg['num_hidden_layers'] - 1}.", ".post_layernorm.")
         clip = {k: v for k, v in clip.items() if not any(d in k for d in drop)}
     if extra_keys and clip:
-        n = (clip_cfg["image_size"] // clip_cfg["patch_size"]) ** 2 + 1
+        n = (src.clip_cfg["image_size"] // src.clip_cfg["patch_size"]) ** 2 + 1
         clip["model.vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(n).unsqueeze(0)
-    extra = mgm_extra_state(seed, name, llm_cfg["hidden_size"], clip_hidden, aux_hidden)
-    projector = {k: v for k, v in extra.items() if ".mm_projector." in k}
-    uni = {k: v for k, v in extra.items() if ".vlm_uni_" in k}
+    projector, uni = src.mgm_modules(seed, name)
     # Module registration order of the original: LLM body, vision_tower, mm_projector, vision_tower_aux,
     # vlm_uni_* (added last), then lm_head (registered by the CausalLM after `model`).
     body = {k: v for k, v in llm_state.items() if not k.startswith("lm_head.")}
     head = {k: v for k, v in llm_state.items() if k.startswith("lm_head.")}
     state = {**body, **clip, **projector, **conv, **uni, **head}
+    if dtype is not None:
+        target = getattr(torch, dtype)
+        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
     files = save_state_dict(state, out, fmt=fmt, shards=shards)
 
-    dtype = _dtype_name(next(iter(llm_state.values())).dtype)
-    config = mgm_config(spec, llm_cfg["vocab_size"], clip_hidden=clip_hidden, aux_hidden=aux_hidden,
+    config = mgm_config(spec, src.llm_cfg, clip_hidden=src.clip_hidden, aux_hidden=src.aux_hidden,
                         vision_tower=vt, vision_tower_aux=vt_aux, hd=hd, image_size_aux=image_size_aux,
-                        model_max_length=model_max_length, legacy_names=legacy_names, dtype=dtype,
-                        name_or_path=base)
+                        model_max_length=model_max_length, legacy_names=legacy_names,
+                        dtype=_dtype_name(state["model.embed_tokens.weight"].dtype), name_or_path=base)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copyfile(llm_dir / "generation_config.json", out / "generation_config.json")
-    mgm_tokenizer_files(spec.tokenizer, llm_dir, out, model_max_length)
+    shutil.copyfile(src.llm_dir / "generation_config.json", out / "generation_config.json")
+    mgm_tokenizer_files(spec.tokenizer, src.llm_dir, out, model_max_length)
     return {
-        "path": str(out.resolve()),
-        "family": spec.family,
-        "model_type": config["model_type"],
-        "conv_mode": spec.conv_mode,
-        "hd": hd,
-        "format": fmt,
-        "shards": shards,
-        "weight_files": [p.name for p in files],
-        "towers": towers,
-        "tower_paths": tower_paths,
-        "legacy_names": legacy_names,
-        "extra_keys": extra_keys,
-        "image_size_aux": image_size_aux,
-        "num_tensors": len(state),
+        "path": str(out.resolve()), "family": spec.family, "model_type": config["model_type"],
+        "conv_mode": spec.conv_mode, "hd": hd, "format": fmt, "shards": shards,
+        "weight_files": [p.name for p in files], "towers": towers, "tower_paths": tower_paths,
+        "legacy_names": legacy_names, "extra_keys": extra_keys, "image_size_aux": image_size_aux,
+        "dtype": config["torch_dtype"], "num_tensors": len(state),
     }
 
 
@@ -420,31 +408,50 @@ def write_stage1_adapter(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str |
     since the original's key filter `vision_tower` also matches the frozen towers.
 
     Returns:
-        A manifest entry (path, mm_projector file, family).
+        A manifest entry (path, mm_projector file, family, number of tensors).
     """
-    out, llm_dir, clip_dir, convnext_dir = Path(out_dir), Path(llm_dir), Path(clip_dir), Path(convnext_dir)
+    src = _Sources(Path(llm_dir), Path(clip_dir), Path(convnext_dir))
+    out = _fresh_dir(out_dir)
+    clip, conv = tower_state(src.clip_dir, src.convnext_dir)
+    projector, uni = src.mgm_modules(seed, name)
+    state = {k: v.contiguous().clone() for k, v in {**clip, **projector, **conv, **uni}.items()}
+    torch.save(state, out / "mm_projector.bin")
+    config = mgm_config(spec, src.llm_cfg, clip_hidden=src.clip_hidden, aux_hidden=src.aux_hidden,
+                        vision_tower=str(src.clip_dir.resolve()), vision_tower_aux=str(src.convnext_dir.resolve()),
+                        hd=False, image_size_aux=src.convnext_cfg["image_size"], model_max_length=model_max_length,
+                        stage1=True, dtype=_dtype_name(state["model.mm_projector.0.weight"].dtype),
+                        name_or_path=str(src.llm_dir.resolve()))
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return {"path": str(out.resolve()), "family": spec.family,
+            "mm_projector": str((out / "mm_projector.bin").resolve()), "num_tensors": len(state)}
+
+
+class _Sources:
+    """The folders an MGM checkpoint is made from, with the config values it needs."""
+
+    def __init__(self, llm_dir: Path, clip_dir: Path, convnext_dir: Path) -> None:
+        self.llm_dir, self.clip_dir, self.convnext_dir = llm_dir, clip_dir, convnext_dir
+        self.llm_cfg: dict[str, object] = json.loads((llm_dir / "config.json").read_text())
+        self.clip_cfg: dict[str, int] = json.loads((clip_dir / "config.json").read_text())["vision_config"]
+        oc = json.loads((convnext_dir / "open_clip_config.json").read_text())
+        self.convnext_cfg: dict[str, object] = oc["model_cfg"]["vision_cfg"]
+        self.clip_hidden = int(self.clip_cfg["hidden_size"])
+        self.aux_hidden = int(sum(self.convnext_cfg["dims"]))  # type: ignore[arg-type]
+
+    def mgm_modules(self, seed: int, name: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(mm_projector, vlm_uni_*) random weights of checkpoint `name`."""
+        hidden = int(self.llm_cfg["hidden_size"])  # type: ignore[arg-type]
+        extra = mgm_extra_state(seed, name, hidden, self.clip_hidden, self.aux_hidden)
+        return ({k: v for k, v in extra.items() if ".mm_projector." in k},
+                {k: v for k, v in extra.items() if ".vlm_uni_" in k})
+
+
+def _fresh_dir(path: str | Path) -> Path:
+    out = Path(path)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    llm_cfg = json.loads((llm_dir / "config.json").read_text())
-    clip_cfg = json.loads((clip_dir / "config.json").read_text())["vision_config"]
-    oc_cfg = json.loads((convnext_dir / "open_clip_config.json").read_text())["model_cfg"]["vision_cfg"]
-    clip_hidden, aux_hidden = clip_cfg["hidden_size"], sum(oc_cfg["dims"])
-    clip, conv = tower_state(clip_dir, convnext_dir)
-    extra = mgm_extra_state(seed, name, llm_cfg["hidden_size"], clip_hidden, aux_hidden)
-    projector = {k: v for k, v in extra.items() if ".mm_projector." in k}
-    uni = {k: v for k, v in extra.items() if ".vlm_uni_" in k}
-    state = {k: v.contiguous().clone() for k, v in {**clip, **projector, **conv, **uni}.items()}
-    torch.save(state, out / "mm_projector.bin")
-    config = mgm_config(spec, llm_cfg["vocab_size"], clip_hidden=clip_hidden, aux_hidden=aux_hidden,
-                        vision_tower=str(clip_dir.resolve()), vision_tower_aux=str(convnext_dir.resolve()),
-                        hd=False, image_size_aux=oc_cfg["image_size"], model_max_length=model_max_length,
-                        stage1=True, dtype=_dtype_name(next(iter(state.values())).dtype),
-                        name_or_path=str(llm_dir.resolve()))
-    config["use_cache"] = True
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return {"path": str(out.resolve()), "family": spec.family, "mm_projector": str((out / "mm_projector.bin").resolve()),
-            "num_tensors": len(state)}
+    return out
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

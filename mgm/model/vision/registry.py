@@ -53,8 +53,8 @@ def resolve_tower_path(recorded: str, checkpoint_dir: str | None, override: str 
 def missing_tower_error(kind: str, key: str, recorded: str, checkpoint_dir: str | None, override: str | None) -> UserError:
     looked = "\n  ".join(str(p) for p in candidate_paths(recorded, checkpoint_dir, override))
     return UserError(
-        f"{kind} tower {recorded!r} (config key {key}) was not found and the checkpoint does not carry its "
-        f"weights. Looked in:\n  {looked}\nPut the tower folder at one of these places, set MGM_TOWER_ROOT, or "
+        f"{kind} tower {recorded!r} (config key {key}) was not found, and the checkpoint alone does not define "
+        f"it (its architecture or weights are missing). Looked in:\n  {looked}\nPut the tower folder at one of these places, set MGM_TOWER_ROOT, or "
         f"pass vision_tower_path=/vision_tower_aux_path= to load_pretrained_model."
     )
 
