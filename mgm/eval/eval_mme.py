@@ -212,24 +212,25 @@ def score_category_lines(lines: Sequence[str], where: str) -> dict[str, float]:
 def calculate_mme_scores(results_dir: str) -> dict[str, dict]:
     """Scores of every category file in `results_dir`: `{eval_type: {"tasks": {name: score}, "total": x}}`."""
     require_dir(results_dir, "--results-dir")
+    all_tasks = [task for tasks in EVAL_TYPE_DICT.values() for task in tasks]
+    missing = [task for task in all_tasks if not os.path.exists(os.path.join(results_dir, task + ".txt"))]
+    if len(missing) == len(all_tasks):
+        raise UserError(f"--results-dir {results_dir} has no MME <category>.txt result files")
+    if missing:
+        print(f"note: no results in {results_dir} for MME categories {', '.join(missing)}; skipped", file=sys.stderr)
     scores: dict[str, dict] = {}
-    found = 0
     for eval_type, tasks in EVAL_TYPE_DICT.items():
         total = 0
         task_scores = {}
         for task in tasks:
-            path = os.path.join(results_dir, task + ".txt")
-            if not os.path.exists(path):
-                print(f"note: no results for MME category {task} ({path}); skipped", file=sys.stderr)
+            if task in missing:
                 continue
+            path = os.path.join(results_dir, task + ".txt")
             with open(path, encoding="utf-8") as f:
                 lines = f.readlines()
             task_scores[task] = score_category_lines(lines, f"MME result file {path}")["score"]
             total += task_scores[task]
-            found += 1
         scores[eval_type] = {"tasks": task_scores, "total": total}
-    if not found:
-        raise UserError(f"--results-dir {results_dir} has no MME <category>.txt result files")
     return scores
 
 
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--answers-file", help="answers JSONL {question_id: '<category>/<image>', prompt, text}")
     parser.add_argument("--mme-root", help="MME_Benchmark_release_version directory (or its parent)")
-    parser.add_argument("--results-dir", help="where the <category>.txt files go / are read "
+    parser.add_argument("--results-dir", "--results_dir", dest="results_dir", help="where the <category>.txt files go / are read "
                         "(default with --answers-file: <answers-file stem>_mme next to it)")
     parser.add_argument("--json", action="store_true", help="print the scores as JSON instead of the kit's table")
     return parser

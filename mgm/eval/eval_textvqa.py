@@ -83,14 +83,14 @@ def score_result_file(annotations: dict[tuple, dict], result_file: str) -> tuple
                 f"answers file {result_file}, record {lineno}: no annotation for image_id "
                 f"{result['question_id']!r} with question {question!r}; wrong annotation file?"
             )
-        pred_list.append({"pred_answer": result["text"], "gt_answers": annotations[key]["answers"]})
+        gt_answers = annotations[key]["answers"]
+        if len(gt_answers) != 10:
+            raise UserError(f"annotation of image_id {key[0]!r}, question {key[1]!r} has {len(gt_answers)} answers; "
+                            "the TextVQA soft accuracy needs exactly 10")
+        pred_list.append({"pred_answer": result["text"], "gt_answers": gt_answers})
     if not pred_list:
         raise UserError(f"answers file {result_file} has no records")
-    try:
-        accuracy = TextVQAAccuracyEvaluator().eval_pred_list(pred_list)
-    except ValueError as exc:
-        raise UserError(f"annotation file: {exc}") from None
-    return len(pred_list), accuracy
+    return len(pred_list), TextVQAAccuracyEvaluator().eval_pred_list(pred_list)
 
 
 def eval_single(annotation_file: str, result_file: str, annotations: dict | None = None) -> float:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
-import json
 import os
 import random
 import re
@@ -425,8 +424,3 @@ def convert_to_test(argv: Sequence[str] | None = None) -> dict:
         out[sample["id"]] = result
     save_json(args.output_path, out)
     return out
-
-
-def dumps_results(results: Mapping) -> str:
-    """JSON text of a results dict (for callers that want machine-readable output)."""
-    return json.dumps(results, indent=2)

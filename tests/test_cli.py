@@ -1,0 +1,73 @@
+"""`python -m mgm.serve.cli` answers on the tiny checkpoints of every family, piped and interactive."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from mgm.serve import cli
+
+NAMES = ["MGM-Tiny-Vicuna", "MGM-Tiny-Vicuna-HD", "MGM-Tiny-LLaMA3", "MGM-Tiny-Gemma", "MGM-Tiny-Gemma-HD",
+         "MGM-Tiny-Mistral", "MGM-Tiny-Mixtral", "MGM-Tiny-Yi"]
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "red.png"
+    Image.new("RGB", (48, 36), (220, 20, 20)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_piped_two_turns(tiny_zoo, image_file, name, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is in the image?\nAnd the colour?\n"))
+    rc = cli.main(["--model-path", tiny_zoo["checkpoints"][name]["path"], "--image-file", image_file,
+                   "--device", "cpu", "--temperature", "0", "--max-new-tokens", "6", "--debug"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert out.count("'outputs':") == 2  # two turns answered
+    assert out.rstrip().endswith("exit...")
+
+
+def test_cli_llama3_uses_llama3_template(tiny_zoo, image_file, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    cli.main(["--model-path", tiny_zoo["checkpoints"]["MGM-Tiny-LLaMA3"]["path"], "--image-file", image_file,
+              "--device", "cpu", "--temperature", "0", "--max-new-tokens", "3", "--debug"])
+    out = capsys.readouterr().out
+    assert "<|start_header_id|>user<|end_header_id|>\\n\\n<image>\\nhi<|eot_id|>" in out
+
+
+def test_cli_subprocess_piped_and_bad_input(tiny_zoo, image_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ckpt = tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"]
+    ok = subprocess.run([sys.executable, "-m", "mgm.serve.cli", "--model-path", ckpt, "--image-file", image_file,
+                         "--device", "cpu", "--max-new-tokens", "4"], input="Describe it.\n", text=True,
+                        capture_output=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "ASSISTANT:" in ok.stdout and "exit..." in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "mgm.serve.cli", "--model-path", ckpt, "--image-file",
+                          str(tmp_path / "nope.png"), "--device", "cpu"], input="x\n", text=True,
+                         capture_output=True, env=env, timeout=300)
+    assert bad.returncode != 0
+    assert "nope.png" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_interactive_through_a_terminal(tiny_zoo, image_file):
+    pexpect = pytest.importorskip("pexpect")
+    ckpt = tiny_zoo["checkpoints"]["MGM-Tiny-Gemma"]["path"]
+    child = pexpect.spawn(sys.executable, ["-m", "mgm.serve.cli", "--model-path", ckpt, "--image-file", image_file,
+                                           "--device", "cpu", "--max-new-tokens", "4"],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, encoding="utf-8", timeout=300)
+    child.expect("user: ")
+    child.sendline("What shape?")
+    child.expect("model: ")
+    child.expect("user: ")
+    child.sendline("")
+    child.expect("exit...")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
