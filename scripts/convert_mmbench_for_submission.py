@@ -2,9 +2,9 @@
 
 Run from the repository root (original flags):
 
-    python scripts/convert_mmbench_for_submission.py \
-        --annotation-file data/MGM-Eval/mmbench/mmbench_dev_20230712.tsv \
-        --result-dir data/MGM-Eval/mmbench/answers/mmbench_dev_20230712 \
+    python scripts/convert_mmbench_for_submission.py \\
+        --annotation-file data/MGM-Eval/mmbench/mmbench_dev_20230712.tsv \\
+        --result-dir data/MGM-Eval/mmbench/answers/mmbench_dev_20230712 \\
         --upload-dir data/MGM-Eval/mmbench/answers_upload/mmbench_dev_20230712 --experiment MGM/MGM-7B-HD
 
 Reads `<result-dir>/<experiment>.jsonl` (records `{question_id (= TSV index), text}` from

@@ -2,7 +2,7 @@
 
 Run from the repository root (original flags):
 
-    python scripts/convert_mmvet_for_eval.py --src data/MGM-Eval/mm-vet/answers/CKPT/merge.jsonl \
+    python scripts/convert_mmvet_for_eval.py --src data/MGM-Eval/mm-vet/answers/CKPT/merge.jsonl \\
         --dst data/MGM-Eval/mm-vet/results/CKPT/CKPT.json
 
 `--src` is the runner JSONL `{question_id, text}`; parent directories of `--dst` are created.

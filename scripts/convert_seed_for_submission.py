@@ -2,7 +2,7 @@
 
 Run from the repository root (original flags):
 
-    python scripts/convert_seed_for_submission.py --annotation-file data/seed_bench/SEED-Bench.json \
+    python scripts/convert_seed_for_submission.py --annotation-file data/seed_bench/SEED-Bench.json \\
         --result-file answers/seed/CKPT/merge.jsonl --result-upload-file answers_upload/seed/CKPT.jsonl
 
 Accuracy is exact match of the answer `text` with the question's `answer` letter. Prints one

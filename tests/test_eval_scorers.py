@@ -531,12 +531,11 @@ def test_mmbench_converter(tmp_path):
 
 
 def _load_script(name: str):
-    import importlib.util
+    """The namespace of scripts/<name>.py (run_path: no __pycache__ left in scripts/)."""
+    import runpy
+    from types import SimpleNamespace
 
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return SimpleNamespace(**runpy.run_path(str(REPO / "scripts" / f"{name}.py"), run_name=name))
 
 
 def test_mmvet_gqa_seed_converters(tmp_path, capsys):

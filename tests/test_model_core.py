@@ -295,3 +295,50 @@ def test_prompt_longer_than_context(loaded_models):
     engine = InferenceEngine(tok, model, proc, ctx)
     with pytest.raises(UserError, match="context"):
         engine.generate([Request("word " * 2000, [], GenerationParams(temperature=0, max_new_tokens=2))])
+
+
+def test_clip_features_equal_hf_clip_hidden_states(tiny_zoo, loaded_models):
+    """Our CLIP path (layer -2, CLS dropped) equals HF CLIPVisionModel's own hidden_states[-2][:, 1:]."""
+    from transformers import CLIPVisionModel
+
+    _, model, _, _ = loaded_models("MGM-Tiny-Vicuna-HD")
+    hf = CLIPVisionModel.from_pretrained(tiny_zoo["towers"]["clip"], dtype=torch.float32).eval()
+    # the HD checkpoint embeds the folder's CLIP weights unchanged
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(images, output_hidden_states=True).hidden_states[-2][:, 1:]
+        ours = model.get_vision_tower()(images)
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_real_convnext_large_d_320_folder_matches_open_clip(tmp_path):
+    """A real-architecture OpenCLIP ConvNeXt-L folder (random weights) loads by key and matches open_clip."""
+    open_clip = pytest.importorskip("open_clip")
+    from mgm.model.vision.convnext import ConvNeXtTower, strip_open_clip_state_dict
+    from mgm.model.vision.registry import convnext_spec_from, load_open_clip_weights
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model("convnext_large_d_320", pretrained=None).eval()
+    folder = tmp_path / "openclip-convnext-large-d-320-laion2B-s29B-b131K-ft-soup"
+    folder.mkdir()
+    torch.save(clip.state_dict(), folder / "open_clip_pytorch_model.bin")
+    cfg = {"model_cfg": open_clip.get_model_config("convnext_large_d_320"),
+           "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    spec = convnext_spec_from(folder)
+    assert spec.dims == (192, 384, 768, 1536) and spec.depths == (3, 3, 27, 3) and spec.hidden_size == 2880
+    tower = ConvNeXtTower(spec).eval()
+    tower.load_state_dict(strip_open_clip_state_dict(load_open_clip_weights(folder)), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        trunk = clip.visual.trunk
+        h = trunk.stem(x)
+        outs = []
+        for stage in trunk.stages:
+            h = stage(h)
+            outs.append(h)
+        ref = torch.cat([outs[0]] + [F.interpolate(o, size=outs[0].shape[-2:], mode="bilinear", align_corners=False)
+                                     for o in outs[1:]], 1)
+        ours = tower(x)
+    assert ours.shape == (1, 2880, 16, 16)
+    assert torch.allclose(ours, ref, atol=1e-5)

@@ -2,7 +2,7 @@
 
 Run:
 
-    python -m mgm.eval.eval_mme --answers-file data/MGM-Eval/MME/answers/MGM-7B-HD.jsonl \
+    python -m mgm.eval.eval_mme --answers-file data/MGM-Eval/MME/answers/MGM-7B-HD.jsonl \\
         --mme-root data/MGM-Eval/MME/MME_Benchmark_release_version [--results-dir DIR] [--json]
     python -m mgm.eval.eval_mme --results-dir DIR [--json]     # only score existing <category>.txt files
 

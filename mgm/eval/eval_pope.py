@@ -2,7 +2,7 @@
 
 Run (same flags as the original):
 
-    python -m mgm.eval.eval_pope --annotation-dir data/pope/coco \
+    python -m mgm.eval.eval_pope --annotation-dir data/pope/coco \\
         --question-file data/pope/llava_pope_test.jsonl --result-file answers/MGM-7B.jsonl
 
 `--annotation-dir` holds `coco_pope_<category>.json` files (JSONL, one `{"label": "yes"|"no", ...}`

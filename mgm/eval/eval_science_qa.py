@@ -2,7 +2,7 @@
 
 Run (same flags as the original):
 
-    python -m mgm.eval.eval_science_qa --base-dir data/scienceqa --result-file answers/MGM-7B.jsonl \
+    python -m mgm.eval.eval_science_qa --base-dir data/scienceqa --result-file answers/MGM-7B.jsonl \\
         --output-file answers/MGM-7B_output.json --output-result answers/MGM-7B_result.json --split test
 
 `--base-dir` holds `pid_splits.json` (`{split: [pid, ...]}`) and `problems.json`
@@ -25,7 +25,7 @@ import re
 from collections.abc import Sequence
 
 from mgm.errors import UserError, exit_on_user_error
-from mgm.eval.scorer_io import atomic_write_text, load_json, read_jsonl, require_dir
+from mgm.eval.scorer_io import atomic_write_text, check_keys, load_json, read_jsonl, require_dir
 
 OPTIONS = ("A", "B", "C", "D", "E")
 # '.' is "any character" here, as in the original pattern.
@@ -67,6 +67,7 @@ def evaluate_science_qa(base_dir: str, result_file: str, split: str = "test") ->
         if prob_id not in problems:
             raise UserError(f"pid {prob_id!r} of split {split!r} is missing from {base_dir}/problems.json")
         prob = problems[prob_id]
+        check_keys(prob, ("choices", "answer"), f"{base_dir}/problems.json, pid {prob_id!r}")
         if prob_id not in predictions:
             pred = {"text": "FAILED", "prompt": "Unknown"}
         else:

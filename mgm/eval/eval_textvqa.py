@@ -2,7 +2,7 @@
 
 Run (same flags as the original `mgm.eval.eval_textvqa`):
 
-    python -m mgm.eval.eval_textvqa --annotation-file data/MGM-Eval/textvqa/TextVQA_0.5.1_val.json \
+    python -m mgm.eval.eval_textvqa --annotation-file data/MGM-Eval/textvqa/TextVQA_0.5.1_val.json \\
         --result-file work_dirs/textvqa/answers/MGM-7B/merge.jsonl      # or --result-dir DIR
 
 For each result file it prints the file's stem, then `Samples: N` and `Accuracy: xx.xx%` and a blank

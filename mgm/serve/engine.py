@@ -229,3 +229,230 @@ class InferenceEngine:
         thread.join()
         if error:
             raise error[0]
+
+
+# -- per-row streaming batched generation (used by mgm.serve.batcher.DynamicBatcher) -----------------
+# One `model.generate` call for many requests, each with its own temperature / top_p / max_new_tokens /
+# stop strings, streaming each row's text as it is produced and letting a row end early (stop string,
+# own token budget, cancelled client) without stopping the others.
+from collections.abc import Callable  # noqa: E402 (kept with the code that uses it)
+
+
+@dataclass
+class RowResult:
+    """Outcome of one row of `generate_rows`.
+
+    finish_reason: "stop" (end-of-sequence token or stop string), "length" (its max_new_tokens reached)
+    or "cancelled" (its `cancelled(i)` turned true). completion_tokens counts generated tokens, the
+    end-of-sequence token excluded.
+    """
+
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+def request_token_count(engine: InferenceEngine, request: Request) -> int:
+    """Prompt length in tokens as the model sees it (every image counted as `num_image_tokens()`)."""
+    ids = engine.encode_prompt(request)
+    return int(ids.shape[-1]) + (engine.num_image_tokens() - 1) * len(request.images)
+
+
+def context_limit(engine: InferenceEngine) -> int:
+    """The model's position limit (max_position_embeddings, else the loader's context length)."""
+    return int(getattr(engine.model.config, "max_position_embeddings", None) or engine.context_len)
+
+
+class _IncrementalDecoder:
+    """Token ids → text increments without re-decoding the whole answer each step.
+
+    Decodes a short window of previous tokens plus the new ones and emits what the new tokens added
+    (the window keeps sentencepiece's leading-space handling right); holds text back while it ends in
+    an incomplete UTF-8 sequence (U+FFFD).
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        full = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return full[len(prefix):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (e.g. a lone byte token at the very end), as U+FFFD if need be."""
+        decode = self.tokenizer.decode
+        prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
+        full = decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return full[len(prefix):]
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of `text` that could be the start of a stop string (not yet sent)."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
+
+
+class _RowStreamer:
+    """A transformers streamer fed `[B]` token tensors each step; routes text to each row's callback."""
+
+    def __init__(self, engine: InferenceEngine, requests: list[Request],
+                 on_text: Callable[[int, str], None] | None, cancelled: Callable[[int], bool] | None) -> None:
+        self.requests = requests
+        self.on_text = on_text
+        self.cancelled = cancelled
+        self.eos = set(engine.eos_ids)
+        self.decoders = [_IncrementalDecoder(engine.tokenizer) for _ in requests]
+        self.results = [RowResult() for _ in requests]
+        self.raw = ["" for _ in requests]  # decoded text including what is held back
+        self.done = [False] * len(requests)
+        self.prompt_seen = False
+
+    def _finish(self, i: int, reason: str) -> None:
+        if not self.done[i]:
+            self.done[i] = True
+            self.results[i].finish_reason = reason
+            # flush text held back for a possible stop string (or an unfinished character) that did not come
+            if reason != "stop_string":
+                self.raw[i] += self.decoders[i].flush()
+            rest = self.raw[i][len(self.results[i].text):]
+            if rest and reason != "stop_string":
+                self._emit(i, rest)
+            if reason == "stop_string":
+                self.results[i].finish_reason = "stop"
+
+    def _emit(self, i: int, piece: str) -> None:
+        if piece:
+            self.results[i].text += piece
+            if self.on_text is not None:
+                self.on_text(i, piece)
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.dim() == 2 and not self.prompt_seen:  # generate() first pushes the prompt ids
+            self.prompt_seen = True
+            return
+        self.prompt_seen = True
+        tokens = value.reshape(-1).tolist()
+        for i, token in enumerate(tokens):
+            if self.done[i]:
+                continue
+            if self.cancelled is not None and self.cancelled(i):
+                self._finish(i, "cancelled")
+                continue
+            if token in self.eos:
+                self._finish(i, "stop")
+                continue
+            result = self.results[i]
+            result.completion_tokens += 1
+            self.raw[i] += self.decoders[i].push(token)
+            stops = self.requests[i].params.stop
+            hits = [self.raw[i].find(s) for s in stops if s and s in self.raw[i]]
+            if hits:
+                cut = min(hits)
+                self.raw[i] = self.raw[i][:cut]
+                self._emit(i, self.raw[i][len(result.text):])
+                self._finish(i, "stop_string")
+                continue
+            keep = _held_back(self.raw[i], stops)
+            self._emit(i, self.raw[i][len(result.text):len(self.raw[i]) - keep])
+            if result.completion_tokens >= self.requests[i].params.max_new_tokens:
+                self._finish(i, "length")
+
+    def end(self) -> None:
+        for i in range(len(self.requests)):
+            if not self.done[i]:
+                cancelled = self.cancelled is not None and self.cancelled(i)
+                self._finish(i, "cancelled" if cancelled else "length")
+
+
+def _row_sampling_processor(requests: list[Request], top_k: int, device: torch.device):
+    """A logits processor applying each row's own temperature, top-k and top-p (greedy rows: argmax).
+
+    Mirrors transformers' warpers (temperature → top-k → top-p, one token always kept), row by row, so
+    rows with different sampling parameters can share one sampled `generate` call.
+    scores: [B, V] → [B, V].
+    """
+    from transformers import LogitsProcessor
+
+    greedy = torch.tensor([not r.params.do_sample for r in requests], device=device)
+    temps = torch.tensor([r.params.temperature if r.params.do_sample else 1.0 for r in requests],
+                         dtype=torch.float32, device=device)
+    top_p = torch.tensor([r.params.top_p if (r.params.top_p is not None and r.params.do_sample) else 1.0
+                          for r in requests], dtype=torch.float32, device=device)
+
+    class RowSampling(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            neg = torch.finfo(scores.dtype).min
+            out = scores / temps.to(scores.dtype)[:, None]
+            if top_k > 0:
+                kth = torch.topk(out, min(top_k, out.shape[-1]), dim=-1).values[:, -1:]
+                out = out.masked_fill(out < kth, neg)
+            if bool((top_p < 1.0).any()):
+                sorted_logits, sorted_idx = torch.sort(out, descending=False)
+                cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+                remove = cumulative <= (1 - top_p)[:, None]
+                remove[:, -1] = False
+                out = out.masked_fill(remove.scatter(1, sorted_idx, remove), neg)
+            if bool(greedy.any()):
+                one_hot = torch.full_like(scores, neg).scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
+                out = torch.where(greedy[:, None], one_hot, out)
+            return out
+
+    return RowSampling()
+
+
+def generate_rows(engine: InferenceEngine, requests: list[Request],
+                  on_text: Callable[[int, str], None] | None = None,
+                  cancelled: Callable[[int], bool] | None = None) -> list[RowResult]:
+    """Generate answers for `requests` in ONE batched `generate`, streaming each row's text.
+
+    Rows may differ in temperature, top_p, max_new_tokens and stop strings (num_beams must be 1:
+    beam search cannot stream; use `engine.generate`). `on_text(i, piece)` is called from this thread
+    with each new piece of row i (stop strings never reach it); `cancelled(i)` is polled every step
+    and ends row i early. Returns one RowResult per request, in order.
+    """
+    from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    if not requests:
+        return []
+    if any(r.params.num_beams != 1 for r in requests):
+        raise ValueError("generate_rows streams, so it needs num_beams=1 for every request")
+    ids, mask, images, images_aux = engine._batch_inputs(requests)
+    streamer = _RowStreamer(engine, requests, on_text, cancelled)
+
+    class RowsDone(StoppingCriteria):
+        # evaluated right after streamer.put() saw this step's tokens: [B] bool, True = row finished
+        def __call__(self, input_ids, scores, **kw):
+            flags = [d or (cancelled is not None and cancelled(i)) for i, d in enumerate(streamer.done)]
+            return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+    pad_id = engine.tokenizer.pad_token_id
+    kwargs: dict = dict(max_new_tokens=max(r.params.max_new_tokens for r in requests), num_beams=1,
+                        eos_token_id=engine.eos_ids or None, use_cache=True,
+                        pad_token_id=pad_id if pad_id is not None else (engine.eos_ids[0] if engine.eos_ids else None),
+                        stopping_criteria=StoppingCriteriaList([RowsDone()]), streamer=streamer)
+    if all(not r.params.do_sample for r in requests):
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        top_k = getattr(engine.model.generation_config, "top_k", None)
+        top_k = 50 if top_k is None else int(top_k)  # transformers' default when the model sets none
+        # the per-row processor does all warping; switch off the global warpers
+        kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                      logits_processor=LogitsProcessorList([_row_sampling_processor(requests, top_k, ids.device)]))
+    with engine.lock, torch.inference_mode():
+        engine.model.generate(ids, images=images, images_aux=images_aux, attention_mask=mask, **kwargs)
+    return streamer.results

@@ -2,8 +2,8 @@
 
 Run from the repository root (original flags):
 
-    python mgm/eval/MathVista/calculate_score.py --output_file answers/MGM-7B/merge.jsonl \
-        --score_file answers/MGM-7B/score.jsonl --gt_file data/MGM-Eval/MathVista/testmini.json \
+    python mgm/eval/MathVista/calculate_score.py --output_file answers/MGM-7B/merge.jsonl \\
+        --score_file answers/MGM-7B/score.jsonl --gt_file data/MGM-Eval/MathVista/testmini.json \\
         [--number -1] [--rerun] [--caculate_gain --random_file score_random_guess.json] [--output_dir DIR]
 
 Reads the extraction results (JSON dict from extract_answer.py, or JSONL), sets `prediction` and

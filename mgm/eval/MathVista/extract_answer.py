@@ -2,9 +2,9 @@
 
 Run from the repository root (original flags; the dashed spellings are accepted too):
 
-    python mgm/eval/MathVista/extract_answer.py --output_file answers/MGM-7B/merge.jsonl \
-        [--response_label response] [--llm_engine gpt-4-0613 | --judge-model NAME] [--number -1] \
-        [--quick_extract] [--rerun] [--api_key KEY] [--api_base URL] [--save_every 10] [--output_label L] \
+    python mgm/eval/MathVista/extract_answer.py --output_file answers/MGM-7B/merge.jsonl \\
+        [--response_label response] [--llm_engine gpt-4-0613 | --judge-model NAME] [--number -1] \\
+        [--quick_extract] [--rerun] [--api_key KEY] [--api_base URL] [--save_every 10] [--output_label L] \\
         [--judge-cache PATH] [--max-retries 5]
 
 Reads the runner's JSONL (or an earlier run's JSON dict) keyed by `pid`, fills `extraction` for the

@@ -77,9 +77,24 @@ def convnext_spec_from(path: Path | None) -> ConvNeXtSpec | None:
         if spec is not None:
             return spec
     weights = load_open_clip_weights(path)
-    if weights is None:
-        return None
-    return ConvNeXtSpec.from_state_dict(weights, "visual.trunk.")
+    if weights is not None:
+        spec = ConvNeXtSpec.from_state_dict(weights, "visual.trunk.")
+        if spec is not None:
+            return spec
+    return _legacy_spec_from_name(path)
+
+
+def _legacy_spec_from_name(path: Path) -> ConvNeXtSpec | None:
+    """Last resort for old folders with neither a usable json nor weights: the original's name rules."""
+    from mgm.model.vision.convnext import TIMM_CONVNEXT_ARCHS
+
+    name = str(path)
+    for needles, arch in ((("convnext", "large", "d-320"), "convnext_large"),
+                          (("convnext", "base", "w-320"), "convnext_base"),
+                          (("convnext", "xxlarge"), "convnext_xxlarge")):
+        if all(n in name for n in needles):
+            return ConvNeXtSpec(*TIMM_CONVNEXT_ARCHS[arch])
+    return None
 
 
 def load_open_clip_weights(path: Path) -> dict | None:

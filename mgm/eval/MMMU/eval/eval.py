@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    python mgm/eval/MMMU/eval/eval.py --result_file work_dirs/MMMU/answers/CKPT/merge.jsonl \
+    python mgm/eval/MMMU/eval/eval.py --result_file work_dirs/MMMU/answers/CKPT/merge.jsonl \\
         --output_path work_dirs/MMMU/CKPT/val.json
 
 Reads the runner JSONL `{id, question_type, answer, parsed_pred, ...}`, writes `{id: "Correct"|"Wrong",
