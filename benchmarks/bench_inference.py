@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -34,14 +33,28 @@ CONFIGS = {
 
 
 def timed(fn, repeats: int) -> float:
-    """Median wall time of `fn()` in seconds over `repeats` runs (after one warm-up)."""
+    """Best wall time of `fn()` in seconds over `repeats` runs after one warm-up (the minimum is the
+    least disturbed by other work on a shared machine)."""
     fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Best times of several functions measured in alternation, so drifting load hits all equally."""
+    for fn in fns.values():
+        fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return best
 
 
 def build_model(name: str, workdir: Path):
@@ -101,8 +114,10 @@ def bench(name: str, repeats: int, device: str) -> dict:
             m.generate(prompt[:, :1], max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
         # Marginal cost of a decode step: (time for 1 + steps tokens - time for 1 token) / steps.
-        t_mgm = timed(lambda: decode(model, steps + 1), repeats) - timed(lambda: decode(model, 1), repeats)
-        t_bare = timed(lambda: decode(bare, steps + 1), repeats) - timed(lambda: decode(bare, 1), repeats)
+        t = interleaved({"mgm_long": lambda: decode(model, steps + 1), "bare_long": lambda: decode(bare, steps + 1),
+                         "mgm_short": lambda: decode(model, 1), "bare_short": lambda: decode(bare, 1)}, repeats)
+        t_mgm = t["mgm_long"] - t["mgm_short"]
+        t_bare = t["bare_long"] - t["bare_short"]
         out["decode_per_token_s"] = t_mgm / steps
         out["decode_bare_per_token_s"] = t_bare / steps
         out["decode_overhead"] = t_mgm / t_bare - 1.0

@@ -1,0 +1,37 @@
+"""`python -m mgm.eval.model_vqa_loader`: answers for LLaVA-style JSONL benchmarks (TextVQA, MME, POPE, GQA).
+
+Same flags and defaults as the original (MGM_SPEC §6.1): --model-path --model-base --image-folder
+--question-file (JSONL `{question_id, image, text}`) --answers-file --conv-mode llava_v1 --num-chunks
+--chunk-idx --temperature 0.2 --top_p --num_beams 1 --load_8bit --max_new_tokens 128; plus the shared
+engine's --batch-size, --device, --limit, --overwrite (see `mgm.eval.runner`).
+
+Each answer is one JSONL record `{question_id, prompt (the question text), text, answer_id, model_id,
+metadata: {}}`. The question is sent as `<image>\\n<text>` in the conversation template.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from mgm.errors import exit_on_user_error
+from mgm.eval.runner import VQA_FORMAT, EvalModel, RunResult, add_common_args, run_benchmark, vqa_items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_vqa_loader", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, conv_mode="llava_v1", max_new_tokens=128)
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+    args = build_parser().parse_args(argv)
+    items = vqa_items(args.question_file, args.image_folder)
+    return run_benchmark(items, VQA_FORMAT, args, question_source=f"--question-file {args.question_file}",
+                         model=model)
+
+
+if __name__ == "__main__":
+    main()
