@@ -342,3 +342,25 @@ def test_real_convnext_large_d_320_folder_matches_open_clip(tmp_path):
         ours = tower(x)
     assert ours.shape == (1, 2880, 16, 16)
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_4bit_quantises_the_llm_only(tiny_zoo):
+    pytest.importorskip("bitsandbytes")
+    import warnings
+
+    from mgm.serve.engine import GenerationParams, InferenceEngine, Request
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok, model, proc, ctx = load_pretrained_model(tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"], None, None,
+                                                      load_4bit=True, device="cpu")
+        inner = model.get_model()
+        assert type(inner.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+        for module in (inner.mm_projector[0], inner.vlm_uni_aux_projector[1],
+                       inner.vision_tower.vision_tower.vision_model.encoder.layers[0].mlp.fc1):
+            assert type(module) is torch.nn.Linear
+        from PIL import Image
+
+        out = InferenceEngine(tok, model, proc, ctx).generate(
+            [Request("USER: <image>\nhi ASSISTANT:", [Image.new("RGB", (30, 30))], GenerationParams(0, max_new_tokens=3))])
+    assert isinstance(out[0], str)

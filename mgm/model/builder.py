@@ -107,7 +107,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         load_kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=load_8bit, load_in_4bit=load_4bit and not load_8bit,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
-            llm_int8_skip_modules=NOT_QUANTIZED)
+            llm_int8_skip_modules=[f"model.{name}" for name in NOT_QUANTIZED[:-1]] + ["lm_head"])
         load_kwargs["device_map"] = {"": device} if device != "cuda" else device_map
     elif device.startswith("cuda") and device_map == "auto":
         load_kwargs["device_map"] = "auto"

@@ -80,7 +80,7 @@ def load_pipeline(path_or_hub_id: str = DEFAULT_GEN_MODEL, device: str = "auto",
     source = str(local) if local.exists() else path_or_hub_id
     if local.exists() and not (local / "model_index.json").is_file():
         raise UserError(f"--gen-model-path {path_or_hub_id}: no model_index.json there (not a diffusers pipeline folder)")
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     pipe = None
     errors: list[str] = []
     attempts = [{"variant": "fp16"}, {}] if dtype == torch.float16 else [{}]

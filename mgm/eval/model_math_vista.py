@@ -1,0 +1,149 @@
+"""`python -m mgm.eval.model_math_vista`: answers for MathVista testmini (MGM_SPEC §6.1).
+
+Same flags as the original: --model-path --model-base --image-folder --question-file (`testmini.json`,
+a JSON object pid -> problem) --answers-file --conv-mode llava_v0 --num-chunks --chunk-idx
+--temperature 0.2 --answer-prompter / --single-pred-prompt (unused) --load_8bit; answers up to 1024
+new tokens (--max_new_tokens); plus the shared engine's flags. Resumable like the original (pids
+already in the answers file are skipped).
+
+Query (zero-shot "solution" prompt of the MathVista kit): a hint line chosen by question/answer type,
+then `Question: <question>` (+ ` (Unit: <unit>)`), then for choices `Choices:` and one `(A) choice`
+line each, joined by newlines. Hints:
+  multi_choice  "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
+  integer       "Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end."
+  float (1)     "Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final value, e.g., 1.2, 1.3, 1.4, at the end."
+  float (2)     "Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final value, e.g., 1.23, 1.34, 1.45, at the end."
+  list          "Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end."
+(The original had no hint for other float precisions and crashed; here such problems get
+"Hint: Please answer the question requiring a floating-point number with N decimal places and
+provide the final value at the end.")
+
+Records: the problem dict with `query` and `response` set (JSONL), read by
+`mgm/eval/MathVista/extract_answer.py` and `calculate_score.py`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+from mgm.errors import UserError, exit_on_user_error
+from mgm.eval.runner import AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark
+
+HINT_MULTI_CHOICE = ("Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
+                     "at the end.")
+HINT_INTEGER = ("Hint: Please answer the question requiring an integer answer and provide the final value, "
+                "e.g., 1, 2, 3, at the end.")
+HINT_FLOAT_1 = ("Hint: Please answer the question requiring a floating-point number with one decimal place and "
+                "provide the final value, e.g., 1.2, 1.3, 1.4, at the end.")
+HINT_FLOAT_2 = ("Hint: Please answer the question requiring a floating-point number with two decimal places and "
+                "provide the final value, e.g., 1.23, 1.34, 1.45, at the end.")
+HINT_LIST = ("Hint: Please answer the question requiring a Python list as an answer and provide the final list, "
+             "e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.")
+
+FORMAT = AnswerFormat(kind="mathvista", runner="model_math_vista", required=("pid", "query", "response"),
+                      key_of=lambda r: (str(r["pid"]),), model_field=None)
+_EXPECTED = "MathVista testmini.json: a JSON object pid -> {question, image, choices, unit, precision, question_type, answer_type, ...}"
+
+
+def hint_for(problem: Mapping) -> str:
+    """The hint line of a problem (module docstring)."""
+    if problem.get("question_type") == "multi_choice":
+        return HINT_MULTI_CHOICE
+    answer_type = problem.get("answer_type")
+    precision = problem.get("precision")
+    if answer_type == "integer":
+        return HINT_INTEGER
+    if answer_type == "float" and precision == 1:
+        return HINT_FLOAT_1
+    if answer_type == "float" and precision == 2:
+        return HINT_FLOAT_2
+    if answer_type == "list":
+        return HINT_LIST
+    if answer_type == "float":
+        digits = int(precision) if isinstance(precision, (int, float)) else precision
+        return (f"Hint: Please answer the question requiring a floating-point number with {digits} decimal places "
+                "and provide the final value at the end.")
+    raise UserError(f"answer_type {answer_type!r} is not one of integer, float, list (question_type "
+                    f"{problem.get('question_type')!r})")
+
+
+def create_one_query(problem: Mapping) -> str:
+    """The zero-shot query: hint, `Question: ...` (+ unit), then the choices block."""
+    question_text = f"Question: {problem['question']}"
+    if problem.get("unit"):
+        question_text += f" (Unit: {problem['unit']})"
+    choices = problem.get("choices")
+    choices_text = ""
+    if choices:
+        choices_text = "\n".join(["Choices:"] + [f"({chr(ord('A') + i)}) {c}" for i, c in enumerate(choices)])
+    elements = [hint_for(problem), question_text, choices_text]
+    return ("\n\n" + "\n".join(e for e in elements if e != "")).strip()
+
+
+def load_problems(path: str) -> dict:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise UserError(f"--question-file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"question file {path} is not JSON (line {exc.lineno}); expected {_EXPECTED}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"question file {path} is not UTF-8 text; expected {_EXPECTED}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"question file {path}: expected {_EXPECTED}, got a JSON {type(data).__name__}")
+    return data
+
+
+def math_vista_items(question_file: str, image_folder: str) -> list[EvalItem]:
+    items = []
+    for pid, info in load_problems(question_file).items():
+        where = f"question file {question_file}, pid {pid!r}"
+        if not isinstance(info, dict) or "question" not in info:
+            raise UserError(f"{where}: missing 'question'; expected {_EXPECTED}")
+        try:
+            query = create_one_query(info)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        key = str(info.get("pid", pid))
+        image_file = info.get("image")
+
+        def load(image_file=image_file) -> list:
+            from mgm.data.image import open_image
+
+            return [open_image(os.path.join(image_folder, image_file))]
+
+        def make(answer: str, name: str, info=info, query=query, key=key) -> dict:
+            record = dict(info)
+            record.setdefault("pid", key)
+            record["query"] = query
+            record["response"] = answer
+            return record
+
+        items.append(EvalItem(key=(key,), text=query, n_images=1 if image_file else 0, load_images=load,
+                              make_record=make, where=where))
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_math_vista", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json")
+    parser.add_argument("--answer-prompter", action="store_true", help="accepted for compatibility (unused)")
+    parser.add_argument("--single-pred-prompt", action="store_true", help="accepted for compatibility (unused)")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+    args = build_parser().parse_args(argv)
+    items = math_vista_items(args.question_file, args.image_folder)
+    return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""`python -m mgm.eval.model_vqa_science`: answers for ScienceQA in LLaVA's JSON format (MGM_SPEC §6.1).
+
+Same flags as the original: --model-path --model-base --image-folder --question-file (JSON list of
+`{id, conversations: [{value: question}, ...], image?}`, default tables/question.json) --answers-file
+--conv-mode llava_v0 --num-chunks --chunk-idx --temperature 0.2 --answer-prompter (unused)
+--single-pred-prompt; answers up to 1024 new tokens (--max_new_tokens); plus the shared engine's flags.
+
+The question is the first turn's text with `<image>` removed and stripped. Questions with an image
+are sent as `<image>\\n<question>` and recorded with the prompt `"<image>\\n" + question`; questions
+without one run text-only. --single-pred-prompt appends "\\nAnswer with the option's letter from the
+given choices directly." to both. Records: `{question_id (= id), prompt, text, answer_id, model_id,
+metadata: {}}`, scored by `python -m mgm.eval.eval_science_qa`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+from mgm.errors import UserError, exit_on_user_error
+from mgm.eval.runner import VQA_FORMAT, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark
+
+SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
+FORMAT = dataclasses.replace(VQA_FORMAT, runner="model_vqa_science", key_of=lambda r: (r["question_id"],))
+_EXPECTED = "a JSON list of {id, conversations: [{from, value}, ...], image?} (LLaVA ScienceQA format)"
+
+
+def load_questions(path: str) -> list[dict]:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise UserError(f"--question-file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"question file {path} is not JSON (line {exc.lineno}): expected {_EXPECTED}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"question file {path} is not UTF-8 text; expected {_EXPECTED}") from None
+    if not isinstance(data, list):
+        raise UserError(f"question file {path}: expected {_EXPECTED}, got a JSON {type(data).__name__}")
+    for n, q in enumerate(data):
+        where = f"question file {path}, entry {n}"
+        if not isinstance(q, dict) or "id" not in q:
+            raise UserError(f"{where}: missing 'id'; expected {_EXPECTED}")
+        conv = q.get("conversations")
+        if not (isinstance(conv, list) and conv and isinstance(conv[0], dict) and isinstance(conv[0].get("value"), str)):
+            raise UserError(f"{where} (id {q['id']!r}): missing conversations[0].value; expected {_EXPECTED}")
+    return data
+
+
+def science_items(question_file: str, image_folder: str, single_pred_prompt: bool) -> list[EvalItem]:
+    import shortuuid
+
+    items = []
+    for n, line in enumerate(load_questions(question_file)):
+        idx = line["id"]
+        qs = line["conversations"][0]["value"].replace("<image>", "").strip()
+        cur_prompt = qs
+        image_file = line.get("image")
+        n_images = 1 if "image" in line else 0
+        if n_images:
+            cur_prompt = "<image>" + "\n" + cur_prompt
+        if single_pred_prompt:
+            qs = qs + "\n" + SINGLE_PRED_PROMPT
+            cur_prompt = cur_prompt + "\n" + SINGLE_PRED_PROMPT
+
+        def load(image_file=image_file) -> list:
+            from mgm.data.image import open_image
+
+            if not isinstance(image_file, str) or not image_file:
+                raise UserError(f"'image' must be a file name, got {image_file!r}")
+            return [open_image(os.path.join(image_folder, image_file))]
+
+        def make(answer: str, name: str, idx=idx, prompt=cur_prompt) -> dict:
+            return {"question_id": idx, "prompt": prompt, "text": answer, "answer_id": shortuuid.uuid(),
+                    "model_id": name, "metadata": {}}
+
+        items.append(EvalItem(key=(idx,), text=qs, n_images=n_images, load_images=load, make_record=make,
+                              where=f"question file {question_file}, entry {n} (id {idx!r})"))
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_vqa_science", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json")
+    parser.add_argument("--answer-prompter", action="store_true", help="accepted for compatibility (unused)")
+    parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+    args = build_parser().parse_args(argv)
+    items = science_items(args.question_file, args.image_folder, args.single_pred_prompt)
+    return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Training flags: the original argument dataclasses (MGM_SPEC §5.1), parsed by `HfArgumentParser`.
+
+Every original flag keeps its name and default; booleans take `True`/`False`. On top of that:
+- `--config preset.yaml`: a YAML mapping `flag: value` read first; flags on the command line override it.
+- flags that newer transformers renamed still work: `--evaluation_strategy` (now `eval_strategy`) and
+  `--warmup_ratio` (now a fraction given to `warmup_steps`);
+- `--local_rank` (passed by the `deepspeed` launcher) is accepted;
+- machine adaptation, each with a warning: `--tf32 True` is ignored without CUDA, training runs on the
+  CPU (`use_cpu`) when there is no GPU, and `--report_to` integrations that are not installed are dropped;
+- additions: `--skip_bad_samples` (data), `--attn_implementation` (model).
+
+`parse_args(argv)` returns `(ModelArguments, DataArguments, TrainingArguments)`; `check_flags(argv)` only
+checks names and values (no device or DeepSpeed set-up), for validating scripts.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import transformers
+
+from mgm.errors import UserError
+
+LORA_BIAS_CHOICES = ("none", "all", "lora_only")
+BITS_CHOICES = (4, 8, 16)
+
+
+@dataclass
+class ModelArguments:
+    """Which LLM, towers and projector the MGM model is built from (original names and defaults)."""
+
+    model_name_or_path: str | None = field(default="facebook/opt-125m", metadata={
+        "help": "base LLM folder (or an MGM checkpoint to continue from); its config.json model_type picks the family"})
+    version: str | None = field(default="v0", metadata={
+        "help": "conversation template / tokenizer rules: plain, v1, llama_3, gemma, mistral_instruct, chatml_direct, ..."})
+    freeze_backbone: bool = field(default=False, metadata={"help": "freeze the LLM body (not lm_head)"})
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={
+        "help": "stage 1: train only the projector and the patch-info-mining modules; saves mm_projector.bin"})
+    vision_tower: str | None = field(default=None, metadata={"help": "LR tower folder (HF CLIP)"})
+    vision_tower_aux: str | None = field(default=None, metadata={"help": "HR tower folder (OpenCLIP ConvNeXt)"})
+    optimize_vision_tower: bool = field(default=False, metadata={"help": "train the last half of the CLIP layers"})
+    optimize_vision_tower_aux: bool = field(default=False, metadata={
+        "help": "train the last block of every ConvNeXt stage"})
+    drop_path: bool = field(default=True, metadata={"help": "ConvNeXt stochastic depth during training"})
+    image_processor: str | None = field(default=None, metadata={"help": "unused (EVA towers only in the original)"})
+    mm_vision_select_layer: int | None = field(default=-1, metadata={"help": "CLIP hidden-state index for features"})
+    pretrain_mm_mlp_adapter: str | None = field(default=None, metadata={
+        "help": "stage 2: the stage-1 mm_projector.bin to start the projector and mining modules from"})
+    mm_projector_type: str | None = field(default="linear", metadata={"help": "linear, mlp2x_gelu, identity"})
+    mm_use_im_start_end: bool = field(default=False, metadata={"help": "wrap image tokens in <im_start>/<im_end>"})
+    mm_use_im_patch_token: bool = field(default=True, metadata={"help": "add the <im_patch> token"})
+    mm_vision_select_feature: str | None = field(default="patch", metadata={"help": "patch or cls_patch"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "sdpa, eager or flash_attention_2 (default: sdpa for train.py, flash-attention-2 when installed "
+                "for train_mem.py)"})
+
+
+@dataclass
+class DataArguments:
+    """Where the data is and how images are prepared (original names and defaults)."""
+
+    data_path: str | None = field(default=None, metadata={
+        "help": "LLaVA conversation data: a .json list or a .jsonl file (one sample per line)"})
+    lazy_preprocess: bool = field(default=False, metadata={"help": "accepted for compatibility (always lazy)"})
+    is_multimodal: bool = field(default=False, metadata={"help": "set automatically when a vision tower is given"})
+    image_folder: str | None = field(default=None, metadata={"help": "folder the samples' image paths are relative to"})
+    image_aspect_ratio: str = field(default="square", metadata={
+        "help": "pad: pad to square with the mean colour first; square (default): resize + centre crop"})
+    image_grid_pinpoints: str | None = field(default=None, metadata={"help": "unused"})
+    image_size_aux: int | None = field(default=320, metadata={"help": "HR input side (768 base, 1536 HD)"})
+    image_grid: int | None = field(default=1, metadata={"help": "LR grid side g (2 = HD)"})
+    image_global: bool | None = field(default=False, metadata={"help": "HD: also encode a global view"})
+    skip_bad_samples: bool = field(default=False, metadata={
+        "help": "skip (and count, in <output_dir>/skipped_samples.jsonl) samples with a missing or corrupt image, "
+                "a malformed conversation or no supervised token, instead of stopping at the first one"})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    """HF TrainingArguments with the original MGM additions (and defaults) and the renamed-flag aliases."""
+
+    cache_dir: str | None = field(default=None, metadata={"help": "cache folder for hub downloads"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (default adamw_torch)"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False for MGM batches"})
+    freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "keep the projector frozen"})
+    mpt_attn_impl: str | None = field(default="triton", metadata={"help": "unused"})
+    model_max_length: int = field(default=512, metadata={
+        "help": "maximum sequence length; sequences are right-padded (and possibly truncated)"})
+    double_quant: bool = field(default=True, metadata={"help": "QLoRA: double quantisation"})
+    quant_type: str = field(default="nf4", metadata={"help": "QLoRA: fp4 or nf4"})
+    bits: int = field(default=16, metadata={"help": "16, or 4 / 8 for QLoRA (bitsandbytes)"})
+    lora_enable: bool = field(default=False, metadata={"help": "train LoRA adapters on the LLM's Linear layers"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_weight_path: str = field(default="", metadata={"help": "unused"})
+    lora_bias: str = field(default="none", metadata={"help": "none, all or lora_only"})
+    mm_projector_lr: float | None = field(default=None, metadata={
+        "help": "separate learning rate for mm_projector parameters"})
+    group_by_modality_length: bool = field(default=False, metadata={
+        "help": "batches of image-only or text-only samples of similar length"})
+    lr_multi: str | None = field(default=None, metadata={
+        "help": "per-module LR multipliers 'substring:mult,substring:mult', e.g. 'model.mm_projector:2,model.vlm_uni:2'"})
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "old name of --eval_strategy"})
+    warmup_ratio: float | None = field(default=None, metadata={
+        "help": "old flag: warm-up as a fraction of the total steps (given to --warmup_steps)"})
+
+    def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise UserError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1)")
+            if self.warmup_steps:
+                warnings.warn(f"--warmup_ratio {self.warmup_ratio} ignored: --warmup_steps {self.warmup_steps} is set")
+            else:
+                self.warmup_steps = self.warmup_ratio
+        if self.bits not in BITS_CHOICES:
+            raise UserError(f"--bits {self.bits} is not supported; valid: 4, 8, 16")
+        if self.lora_bias not in LORA_BIAS_CHOICES:
+            raise UserError(f"--lora_bias {self.lora_bias!r} is unknown; valid: {', '.join(LORA_BIAS_CHOICES)}")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise UserError(f"--quant_type {self.quant_type!r} is unknown; valid: nf4, fp4")
+        parse_lr_multi(self.lr_multi)
+        _adapt_to_machine(self)
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise UserError(f"training flags: {exc}") from None
+
+
+def parse_lr_multi(value: str | None) -> dict[str, float]:
+    """'model.mm_projector:2,model.vlm_uni:2' -> {'model.mm_projector': 2.0, 'model.vlm_uni': 2.0}."""
+    if not value:
+        return {}
+    out: dict[str, float] = {}
+    for part in value.split(","):
+        key, sep, mult = part.strip().rpartition(":")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key] = float(mult)
+        except ValueError:
+            raise UserError(f"--lr_multi {value!r}: expected 'substring:multiplier,...', bad part {part!r}") from None
+    return out
+
+
+def _adapt_to_machine(args: TrainingArguments) -> None:
+    """Let the original GPU scripts' flags run here: no tf32 without CUDA, CPU training without a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        pass
+    else:
+        if args.tf32:
+            warnings.warn("--tf32 True ignored: TF32 needs an NVIDIA Ampere (or newer) GPU")
+            args.tf32 = None
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        if not args.use_cpu and (not mps or args.deepspeed):
+            # HF needs this for bf16 and for more than one process without a GPU.
+            args.use_cpu = True
+    report = args.report_to
+    if isinstance(report, str):
+        report = [report]
+    if report and report not in (["none"], ["all"]):
+        from transformers.integrations import get_available_reporting_integrations
+
+        available = set(get_available_reporting_integrations())
+        missing = [r for r in report if r not in available and r != "none"]
+        if missing:
+            warnings.warn(f"--report_to {' '.join(missing)} ignored: not installed (pip install {' '.join(missing)})")
+            report = [r for r in report if r not in missing]
+        args.report_to = report or "none"
+
+
+# ---------------------------------------------------------------------------------------------------
+# parsing
+
+
+def build_parser() -> transformers.HfArgumentParser:
+    """The parser of the training entry points (all three dataclasses plus `--config`)."""
+    parser = transformers.HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments),
+        prog="python -m mgm.train.train",
+        description="Train MGM (stage 1: --tune_mm_mlp_adapter True; stage 2: --pretrain_mm_mlp_adapter FILE). "
+                    "Launch with python, torchrun or deepspeed. --config FILE.yaml supplies flags (command-line "
+                    "flags override it). Old flag names --evaluation_strategy and --warmup_ratio are accepted.",
+    )
+    parser.add_argument("--config", default=None, help="YAML preset: a mapping of flag names (without --) to values")
+    return parser
+
+
+def _yaml_to_argv(file: str) -> list[str]:
+    import yaml
+
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"--config {file} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"--config {file} is not valid YAML: {exc}") from None
+    if data is None:
+        return []
+    if not isinstance(data, dict):
+        raise UserError(f"--config {file} must be a mapping of flag names to values, got a {type(data).__name__}")
+    argv: list[str] = []
+    for key, value in data.items():
+        flag = "--" + str(key).lstrip("-")
+        if flag == "--config":
+            raise UserError(f"--config {file}: a preset cannot name another preset")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [flag, str(value)]
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def expand_config(argv: Sequence[str]) -> list[str]:
+    """Replace `--config FILE` by the flags of the YAML file, placed first so command-line flags win."""
+    argv = list(argv)
+    preset: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise UserError("--config needs a YAML file")
+            preset += _yaml_to_argv(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            preset += _yaml_to_argv(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+        i += 1
+    return preset + rest
+
+
+def check_flags(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse flag names and values only (no device, distributed or DeepSpeed set-up); UserError on unknown ones."""
+    parser = build_parser()
+    namespace, extra = parser.parse_known_args(expand_config(argv))
+    if extra:
+        raise UserError(f"unknown training flag(s): {' '.join(extra)} (see --help)")
+    return namespace
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse the training command line (YAML preset first, then flags) into the three dataclasses."""
+    argv = expand_config(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    _, extra = parser.parse_known_args(argv)  # --help exits here
+    if extra:
+        raise UserError(f"unknown training flag(s): {' '.join(extra)} (see --help)")
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)[:3]
+    except ValueError as exc:
+        raise UserError(f"training flags: {exc}") from None
+    return model_args, data_args, training_args
