@@ -49,13 +49,13 @@ class SampleFile:
     """Samples of a JSON list or JSONL file, parsed on access from their byte spans."""
 
     def __init__(self, path: str | Path) -> None:
+        self._fd: int | None = None
+        self._pid: int | None = None
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"--data_path {self.path} does not exist")
         self.kind, spans = _index_file(self.path)
         self.spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        self._fd: int | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -84,7 +84,7 @@ class SampleFile:
         return sample
 
     def __del__(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
             try:
                 os.close(self._fd)
             except OSError:
@@ -181,8 +181,8 @@ class BadSample:
 class BadSampleError(UserError):
     """A sample that cannot be trained on; `.bad` has the details."""
 
-    def __init__(self, bad: BadSample) -> None:
-        super().__init__(bad.message())
+    def __init__(self, bad: BadSample, hint: str = "") -> None:
+        super().__init__(bad.message() + (f". {hint}" if hint else ""))
         self.bad = bad
 
 

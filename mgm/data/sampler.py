@@ -57,7 +57,8 @@ def get_modality_length_grouped_indices(lengths: Sequence[int], batch_size: int,
     mm = [(i, x) for i, x in enumerate(lengths) if x > 0]
     lang = [(i, -x) for i, x in enumerate(lengths) if x < 0]
     mm_order = [mm[k][0] for k in get_length_grouped_indices([x for _, x in mm], batch_size, world_size, generator)]
-    lang_order = [lang[k][0] for k in get_length_grouped_indices([x for _, x in lang], batch_size, world_size, generator)]
+    lang_order = [lang[k][0]
+                  for k in get_length_grouped_indices([x for _, x in lang], batch_size, world_size, generator)]
     size = world_size * batch_size
     mm_mb = [mm_order[i: i + size] for i in range(0, len(mm_order), size)]
     lang_mb = [lang_order[i: i + size] for i in range(0, len(lang_order), size)]

@@ -6,17 +6,12 @@ a JSON object pid -> problem) --answers-file --conv-mode llava_v0 --num-chunks -
 new tokens (--max_new_tokens); plus the shared engine's flags. Resumable like the original (pids
 already in the answers file are skipped).
 
-Query (zero-shot "solution" prompt of the MathVista kit): a hint line chosen by question/answer type,
-then `Question: <question>` (+ ` (Unit: <unit>)`), then for choices `Choices:` and one `(A) choice`
-line each, joined by newlines. Hints:
-  multi_choice  "Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, at the end."
-  integer       "Hint: Please answer the question requiring an integer answer and provide the final value, e.g., 1, 2, 3, at the end."
-  float (1)     "Hint: Please answer the question requiring a floating-point number with one decimal place and provide the final value, e.g., 1.2, 1.3, 1.4, at the end."
-  float (2)     "Hint: Please answer the question requiring a floating-point number with two decimal places and provide the final value, e.g., 1.23, 1.34, 1.45, at the end."
-  list          "Hint: Please answer the question requiring a Python list as an answer and provide the final list, e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end."
-(The original had no hint for other float precisions and crashed; here such problems get
-"Hint: Please answer the question requiring a floating-point number with N decimal places and
-provide the final value at the end.")
+Query (the MathVista kit's zero-shot "solution" prompt): a hint line chosen by question/answer type
+(multiple choice, integer, float with one or two decimals, list: the HINT_* constants below, verbatim
+from the original), then `Question: <question>` (+ ` (Unit: <unit>)`), then for choices `Choices:` and
+one `(A) choice` line each, joined by newlines. (The original had no hint for other float precisions
+and crashed; such problems get "Hint: Please answer the question requiring a floating-point number
+with N decimal places and provide the final value at the end.")
 
 Records: the problem dict with `query` and `response` set (JSONL), read by
 `mgm/eval/MathVista/extract_answer.py` and `calculate_score.py`.
@@ -44,7 +39,8 @@ HINT_LIST = ("Hint: Please answer the question requiring a Python list as an ans
 
 FORMAT = AnswerFormat(kind="mathvista", runner="model_math_vista", required=("pid", "query", "response"),
                       key_of=lambda r: (str(r["pid"]),), model_field=None)
-_EXPECTED = "MathVista testmini.json: a JSON object pid -> {question, image, choices, unit, precision, question_type, answer_type, ...}"
+_EXPECTED = ("MathVista testmini.json: a JSON object pid -> {question, image, choices, unit, precision, "
+             "question_type, answer_type, ...}")
 
 
 def hint_for(problem: Mapping) -> str:
@@ -137,12 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     items = math_vista_items(args.question_file, args.image_folder)
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
+    return run(argv, model)
 
 
 if __name__ == "__main__":

@@ -24,13 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     items = vqa_items(args.question_file, args.image_folder)
     return run_benchmark(items, VQA_FORMAT, args, question_source=f"--question-file {args.question_file}",
                          model=model)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
+    return run(argv, model)
 
 
 if __name__ == "__main__":

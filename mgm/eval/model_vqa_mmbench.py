@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mgm.errors import UserError, exit_on_user_error
-from mgm.eval.runner import AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark
+from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, require_pandas,
+                             run_benchmark)
 
 ALL_OPTIONS = ["A", "B", "C", "D"]
 SINGLE_PRED_PROMPT = {"en": "Answer with the option's letter from the given choices directly.",
@@ -74,8 +75,7 @@ def build_question(row: dict, options: Sequence[str], letters: Sequence[str] = A
 
 def read_tsv(path: str) -> list[dict]:
     """Rows of an MMBench TSV as dicts (pandas' NA parsing, as the original's `pd.read_table`)."""
-    import pandas as pd
-
+    pd = require_pandas()
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise UserError(f"--question-file {path} does not exist")
@@ -169,13 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     items = mmbench_items(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang)
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}",
                          model=model, conv_switch="model")
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
+    return run(argv, model)
 
 
 if __name__ == "__main__":

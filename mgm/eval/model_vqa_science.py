@@ -45,7 +45,8 @@ def load_questions(path: str) -> list[dict]:
         if not isinstance(q, dict) or "id" not in q:
             raise UserError(f"{where}: missing 'id'; expected {_EXPECTED}")
         conv = q.get("conversations")
-        if not (isinstance(conv, list) and conv and isinstance(conv[0], dict) and isinstance(conv[0].get("value"), str)):
+        first = conv[0] if isinstance(conv, list) and conv else None
+        if not (isinstance(first, dict) and isinstance(first.get("value"), str)):
             raise UserError(f"{where} (id {q['id']!r}): missing conversations[0].value; expected {_EXPECTED}")
     return data
 
@@ -91,12 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model."""
+def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     items = science_items(args.question_file, args.image_folder, args.single_pred_prompt)
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
+    return run(argv, model)
 
 
 if __name__ == "__main__":

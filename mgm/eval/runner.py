@@ -65,6 +65,16 @@ def get_chunk(lst: Sequence, n: int, k: int) -> list:
     return list(chunks[k]) if k < len(chunks) else []
 
 
+def require_pandas():
+    """pandas (the `eval` extra), or a UserError saying how to install it."""
+    try:
+        import pandas
+    except ImportError:
+        raise UserError("reading MMBench TSV / MMMU parquet files needs pandas (and pyarrow): "
+                        "pip install 'mgm[eval]'") from None
+    return pandas
+
+
 # ------------------------------------------------------------------------------------------- flags
 def str2bool(value: str | bool) -> bool:
     """Parse a boolean flag value; the original's `type=bool` took any non-empty string (even "False") as True."""
@@ -171,25 +181,44 @@ class RunResult:
 
 
 # ---------------------------------------------------------------------------------------- model
-@dataclass
 class EvalModel:
-    """A loaded model shared by every batch (and, in tests, by several runners)."""
+    """A model shared by every batch (and, in tests or `mgm eval`, by several runners).
 
-    engine: Any
-    name: str
+    Loaded lazily: `EvalModel.load(args)` only records how to load; the checkpoint is read on the
+    first access to `engine`, so a run with nothing left to answer never loads it.
+    """
+
+    def __init__(self, name: str, engine: Any = None, loader: Callable[[], Any] | None = None) -> None:
+        self.name = name
+        self._engine = engine
+        self._loader = loader
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            if self._loader is None:
+                raise RuntimeError("EvalModel has neither an engine nor a loader")
+            self._engine = self._loader()
+        return self._engine
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> "EvalModel":
+        """A lazily loaded model from `args.model_path` (+ model_base, load_8bit, device)."""
         from mgm.mm_utils import get_model_name_from_path
-        from mgm.model.builder import load_pretrained_model
-        from mgm.serve.engine import InferenceEngine
 
         model_path = os.path.expanduser(args.model_path)
         name = get_model_name_from_path(model_path)
-        tokenizer, model, image_processor, context_len = load_pretrained_model(
-            model_path, args.model_base, name, load_8bit=bool(getattr(args, "load_8bit", False)),
-            device=getattr(args, "device", "auto"))
-        return cls(InferenceEngine(tokenizer, model, image_processor, context_len), name)
+
+        def loader() -> Any:
+            from mgm.model.builder import load_pretrained_model
+            from mgm.serve.engine import InferenceEngine
+
+            tokenizer, model, image_processor, context_len = load_pretrained_model(
+                model_path, getattr(args, "model_base", None), name, load_8bit=bool(getattr(args, "load_8bit", False)),
+                device=getattr(args, "device", "auto"))
+            return InferenceEngine(tokenizer, model, image_processor, context_len)
+
+        return cls(name, loader=loader)
 
     def image_prefix(self) -> str:
         """The text put before the question for each image (`<image>\\n`, or with start/end tags)."""
@@ -322,6 +351,7 @@ def load_answers(path: str, fmt: AnswerFormat, all_keys: Counter, chunk_keys: Co
                             "another benchmark (use another --answers-file, or --overwrite to replace it)")
         try:
             key = fmt.key_of(record)
+            hash(key)
         except (KeyError, TypeError):
             raise UserError(f"{where}: record has no usable question key; is it an answer of {fmt.runner}?") from None
         if key not in all_keys:
@@ -404,7 +434,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 class _Generator:
-    """Turns a batch of items into cleaned answer texts with one `generate` call (splitting on failure)."""
+    """Turns a batch of items into cleaned answer texts with one batched `generate` call."""
 
     def __init__(self, model: EvalModel, conv_mode: str, params: Any, fmt: AnswerFormat) -> None:
         self.model = model
@@ -433,14 +463,15 @@ def run_benchmark(items: list[EvalItem], fmt: AnswerFormat, args: argparse.Names
                   question_source: str, model: EvalModel | None = None, conv_switch: str = "conv") -> RunResult:
     """Answer the questions of this shard that are missing from `args.answers_file` (module docstring)."""
     from mgm.conversation import get_template
-    from mgm.mm_utils import get_model_name_from_path
 
     get_template(args.conv_mode)  # an unknown template fails before the model loads
     all_keys = Counter(item.key for item in items)
     chunk = get_chunk(items, args.num_chunks, args.chunk_idx)
     chunk_keys = Counter(item.key for item in chunk)
     answers_file = os.path.expanduser(args.answers_file)
-    model_name = model.name if model is not None else get_model_name_from_path(os.path.expanduser(args.model_path))
+    if model is None:
+        model = EvalModel.load(args)  # lazy: nothing is loaded unless a question is left to answer
+    model_name = model.name
     if args.overwrite and os.path.exists(answers_file):
         os.unlink(answers_file)
     records = load_answers(answers_file, fmt, all_keys, chunk_keys, model_name, question_source)
@@ -472,7 +503,7 @@ def run_benchmark(items: list[EvalItem], fmt: AnswerFormat, args: argparse.Names
     return result
 
 
-def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace, model: EvalModel | None,
+def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace, model: EvalModel,
             answers_file: str, result: RunResult, conv_switch: str) -> list[dict]:
     """Generate answers for `pending` in batches, appending each batch to the answers file."""
     from tqdm import tqdm
@@ -484,21 +515,14 @@ def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace
         def emit(pairs: list[tuple[EvalItem, str]], name: str) -> None:
             recs = [item.make_record(text, name) for item, text in pairs]
             out.write("".join(json.dumps(r) + "\n" for r in recs))
-            out.flush()
-            os.fsync(out.fileno())
+            out.flush()  # in the OS's hands now: a killed run keeps every finished batch
             written.extend(recs)
             result.written += len(recs)
 
-        name = model.name if model is not None else None
         if fixed:
-            from mgm.mm_utils import get_model_name_from_path
-
-            emit([(it, it.fixed_answer) for it in fixed],
-                 name or get_model_name_from_path(os.path.expanduser(args.model_path)))
+            emit([(it, it.fixed_answer) for it in fixed], model.name)
         if not to_run:
             return written
-        if model is None:
-            model = EvalModel.load(args)
         if args.seed is not None:
             import torch
 
@@ -574,7 +598,8 @@ def read_question_jsonl(path: str, required: Sequence[str], expected: str) -> li
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise UserError(f"question file {path}, line {lineno}: not a JSON object per line; expected {expected}") from None
+            raise UserError(f"question file {path}, line {lineno}: not a JSON object per line; "
+                            f"expected {expected}") from None
         if not isinstance(record, dict):
             raise UserError(f"question file {path}, line {lineno}: expected a JSON object, got "
                             f"{type(record).__name__}; expected {expected}")

@@ -15,10 +15,12 @@ the eval scripts (`DATA_ROOT=DIR`) run on it unchanged:
     mmbench/mmbench_dev_20230712.tsv             index, question, hint, A-D, answer, category, image (base64 PNG),
                                                  source, l2-category, comment, split; NaN hints, "none"/missing options
     mm-vet/llava-mm-vet.jsonl, mm-vet/images/    {question_id, image, text}; mm-vet/mm-vet.json ground truth
-    MMMU/<Subject>/{validation,test}-00000-of-00001.parquet   HF snapshot layout (Art, Math): id, question,
-                                                 options (text of a Python list), image_1..image_7 ({bytes, path}), answer,
-                                                 question_type, ...; MMMU/Physics/{validation,test}.json: the local JSON
-                                                 layout (options as a list, images as files under Physics/images/)
+    MMMU/<Subject>/{validation,test}-00000-of-00001.parquet
+                                                 HF snapshot layout (Art, Math): id, question, options (text
+                                                 of a Python list), image_1..image_7 ({bytes, path}), answer,
+                                                 question_type, ...; MMMU/Physics/{validation,test}.json: the
+                                                 local JSON layout (options as a list, images as files under
+                                                 Physics/images/)
     MMMU/answer_dict_val.json                    {id: {question_type, ground_truth}}
     MathVista/testmini.json, MathVista/images/   pid -> problem (multi_choice, integer, float precision 1 and 2
                                                  with a unit, list), metadata, query
@@ -44,6 +46,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.eval.runner import require_pandas
 
 _COLORS = [(230, 57, 70), (29, 53, 87), (69, 123, 157), (168, 218, 220), (241, 250, 238), (255, 183, 3),
            (33, 158, 188), (2, 48, 71), (251, 133, 0), (142, 202, 230)]
@@ -130,12 +133,13 @@ _MME_CATEGORIES = {
 }
 
 
-def build_mme(root: Path, rng: random.Random) -> dict:
+def build_mme(root: Path, rng: random.Random, images_per_category: int = 2) -> dict:
+    """MME tree + llava_mme.jsonl: 3 categories x `images_per_category` images x 2 questions."""
     base = root / "MME"
     tree = base / "MME_Benchmark_release_version"
     rows = []
     for category, (separate, suffix, templates) in _MME_CATEGORIES.items():
-        for n in range(2):
+        for n in range(images_per_category):
             stem = f"{10002 + n}" if category == "artwork" else f"{n:012d}"
             image_rel = f"{category}/images/{stem}{suffix}" if separate else f"{category}/{stem}{suffix}"
             _save(draw_image(rng, f"{category[:4]}{n}"), tree / image_rel)
@@ -155,8 +159,7 @@ def build_mme(root: Path, rng: random.Random) -> dict:
 
 # ------------------------------------------------------------------------------------------ MMBench
 def build_mmbench(root: Path, rng: random.Random) -> dict:
-    import pandas as pd
-
+    pd = require_pandas()
     base = root / "mmbench"
     base.mkdir(parents=True, exist_ok=True)
     nan = float("nan")
@@ -208,8 +211,7 @@ def _mmmu_samples(subject: str, split: str, rng: random.Random) -> list[dict]:
 
 
 def build_mmmu(root: Path, rng: random.Random) -> dict:
-    import pandas as pd
-
+    pd = require_pandas()
     base = root / "MMMU"
     answer_dict = {}
     files = []

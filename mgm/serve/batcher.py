@@ -1,22 +1,28 @@
-"""Dynamic batching for the servers: requests that arrive close together are generated together.
+"""Dynamic batching for the servers: concurrent requests are generated together, not one after another.
 
-A `DynamicBatcher` owns one background thread in front of an `InferenceEngine`. `submit(request)`
-returns a `Ticket` at once; the thread waits a short window (default 20 ms) after the first waiting
-request for others, then runs them as ONE batched generation (`mgm.serve.engine.generate_rows`: rows
-keep their own temperature / top_p / max_new_tokens / stop strings), streaming each row's text into
-its ticket as it is produced. Requests that arrive while a batch runs wait for the next one, so N
-concurrent clients cost about one generation each round instead of N.
+A `DynamicBatcher` owns one background thread in front of an `InferenceEngine`; `submit(request)`
+returns a `Ticket` at once. Every row keeps its own temperature / top_p / max_new_tokens / stop
+strings, and its text streams into its ticket as it is produced. Two modes:
 
-A ticket is read from asyncio (`async for text in ticket.updates()`) or from a thread
-(`for text in ticket.iter_text()`); pieces that arrive while the reader is busy are coalesced, so a
-slow reader never falls behind token by token. Closing the reader (a client that disconnected)
-cancels the ticket: a waiting request is dropped, a running row stops at the next step and the
-other rows of its batch go on. Beam-search requests (num_beams > 1) cannot stream; they run alone
-and deliver their whole answer at the end.
+- continuous (default): an idle batcher gathers a first burst (until no request arrives for
+  `batch_window`, default 20 ms, at most `max_wait`), prefills it as one batch and decodes it token by
+  token (`mgm.serve.engine.ContinuousBatch`); requests that arrive meanwhile join the running batch at
+  the next step, and finished rows leave at once, so nobody waits for someone else's long answer.
+- window: the gathered burst runs as ONE `generate` call (`mgm.serve.engine.generate_rows`);
+  requests that arrive meanwhile wait for the next one.
+
+Servers announce requests still being prepared (images decoding) with `expect()`, so a forming
+burst waits for them. A ticket is read from asyncio (`async for text in ticket.updates()`) or from a
+thread (`ticket.iter_text()`); pieces that arrive while the reader is busy are coalesced, so a slow
+reader never falls behind token by token. Closing the reader (a client that disconnected) cancels the
+ticket: a waiting request is dropped, a running row stops at the next step and the other rows go on.
+Beam-search requests (num_beams > 1) cannot stream; they run alone and deliver their answer at the end.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import logging
 import queue
@@ -25,9 +31,18 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 from mgm.errors import UserError
-from mgm.serve.engine import InferenceEngine, Request, RowResult, context_limit, generate_rows, request_token_count
+from mgm.serve.engine import (
+    ContinuousBatch,
+    InferenceEngine,
+    Request,
+    RowResult,
+    context_limit,
+    generate_rows,
+    request_token_count,
+)
 
 LOGGER_NAME = "mgm.serve.batcher"
+EXPECT_TTL = 2.0  # seconds an announced (expect()) request keeps a forming batch waiting at most
 
 
 class Ticket:
@@ -53,7 +68,10 @@ class Ticket:
         self._finished = False
         self._loop = loop
         self._async_ready = asyncio.Event() if loop is not None else None
+        self._async_done = asyncio.Event() if loop is not None else None
         self._wake_scheduled = False
+        # set by a batcher that wakes its readers in groups (one loop call per decoding step, not per row)
+        self._wake_queue: collections.deque[Ticket] | None = None
 
     # -- consumer side ----------------------------------------------------------------------------
     @property
@@ -74,12 +92,15 @@ class Ticket:
             self._pieces.clear()
             return text, self._finished
 
-    async def updates(self) -> AsyncIterator[str]:
+    async def updates(self, min_interval: float = 0.0) -> AsyncIterator[str]:
         """Yield the new text (coalesced) until the request ends; raise its error if it failed.
 
+        min_interval: after yielding, let text gather for up to this many seconds before the next
+        yield (the end of the request is never delayed). Fewer, larger pieces cost the server and
+        the client far less per token when many streams run at once.
         Leaving the loop early (or the task being cancelled) cancels the request.
         """
-        if self._async_ready is None:
+        if self._async_ready is None or self._async_done is None:
             raise RuntimeError("this ticket was submitted without an event loop; use iter_text()")
         finished = False
         try:
@@ -91,6 +112,9 @@ class Ticket:
                     yield text
                 if finished:
                     break
+                if text and min_interval > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._async_done.wait(), min_interval)
         finally:
             if not finished:
                 self.cancel()
@@ -130,16 +154,28 @@ class Ticket:
         self._cond.notify_all()
         if self._loop is not None and not self._wake_scheduled:
             self._wake_scheduled = True  # one wake-up per burst of pieces, not one per token
+            if self._wake_queue is not None:
+                self._wake_queue.append(self)
+                return
             try:
                 self._loop.call_soon_threadsafe(self._wake)
             except RuntimeError:  # the loop is closed: nobody is reading any more
                 self._cancel.set()
 
+    @staticmethod
+    def wake_all(tickets: list[Ticket]) -> None:
+        """Wake several tickets' readers (run on their event loop)."""
+        for ticket in tickets:
+            ticket._wake()
+
     def _wake(self) -> None:
         with self._cond:
             self._wake_scheduled = False
-        assert self._async_ready is not None
+            finished = self._finished
+        assert self._async_ready is not None and self._async_done is not None
         self._async_ready.set()
+        if finished:
+            self._async_done.set()
 
     def push_text(self, piece: str) -> None:
         with self._cond:
@@ -159,12 +195,16 @@ class Ticket:
 class DynamicBatcher:
     """Collects concurrent requests into batched generations on a background thread.
 
-    max_batch_size: most requests generated together. batch_window: seconds to wait, after the first
-    waiting request, for more to join its batch (0 = take only what is already waiting).
+    max_batch_size: most requests generated together. batch_window: a forming batch closes once this
+    many seconds pass without a new request (0 = take only what is already waiting). max_wait: the
+    longest a forming batch waits in all (default 5 x batch_window), also for requests announced with
+    `expect()` that have not arrived yet. continuous: rows join and leave a running batch between
+    tokens (True, default) or each gathered batch runs to its end (False, "window" mode).
     """
 
     def __init__(self, engine: InferenceEngine, max_batch_size: int = 8, batch_window: float = 0.02,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, max_wait: float | None = None,
+                 continuous: bool = True) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if batch_window < 0:
@@ -172,14 +212,24 @@ class DynamicBatcher:
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.batch_window = batch_window
+        self.max_wait = max_wait if max_wait is not None else 5 * batch_window
+        self.continuous = continuous
+        self._expected: dict[int, float] = {}
+        self._wake_queue: collections.deque[Ticket] = collections.deque()
+        self._expect_ids = itertools.count(1)
         self.logger = logger or logging.getLogger(LOGGER_NAME)
         self._queue: queue.Queue[Ticket] = queue.Queue()
         self._live: set[Ticket] = set()
         self._live_lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # statistics: batched prefills / generate calls, the requests in them, the most rows at once;
+        # continuous mode also counts decoding steps and the rows they carried (mean batch = ratio)
         self.batches_run = 0
         self.largest_batch = 0
+        self.rows_run = 0
+        self.steps_run = 0
+        self.row_steps = 0
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> DynamicBatcher:
@@ -215,6 +265,11 @@ class DynamicBatcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def stats(self) -> dict[str, int]:
+        """Counters since start: batched generations, rows generated in them, the largest batch."""
+        return {"batches": self.batches_run, "rows": self.rows_run, "largest_batch": self.largest_batch,
+                "steps": self.steps_run, "row_steps": self.row_steps}
+
     @property
     def queue_length(self) -> int:
         """Requests submitted and not finished yet (waiting or generating)."""
@@ -242,22 +297,60 @@ class DynamicBatcher:
         with self._live_lock:
             self._live.discard(ticket)
 
+    # -- announcing requests that are on their way (so a batch waits for them) ----------------------
+    def expect(self) -> int:
+        """Announce a request that will be submitted soon (its images are being decoded, say).
+
+        While announced requests are pending, a forming batch waits for them (up to `max_wait`).
+        Returns a token for `fulfil`; a token never fulfilled stops counting after EXPECT_TTL seconds.
+        """
+        with self._live_lock:
+            token = next(self._expect_ids)
+            self._expected[token] = time.monotonic()
+            return token
+
+    def fulfil(self, token: int | None) -> None:
+        """The announced request was submitted or dropped (idempotent)."""
+        if token is not None:
+            with self._live_lock:
+                self._expected.pop(token, None)
+
+    def _pending_arrivals(self) -> int:
+        now = time.monotonic()
+        with self._live_lock:
+            stale = [t for t, at in self._expected.items() if now - at > EXPECT_TTL]
+            for token in stale:
+                del self._expected[token]
+            return len(self._expected)
+
     def _collect(self) -> list[Ticket]:
+        """Wait for a first request, then gather more: until `batch_window` passes without a new one
+        and no announced request is pending, the batch is full, or `max_wait` has passed."""
         try:
             first = self._queue.get(timeout=0.1)
         except queue.Empty:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.batch_window
+        start = last = time.monotonic()
         while len(batch) < self.max_batch_size:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            cap = start + self.max_wait
+            deadline = cap if self._pending_arrivals() else min(cap, last + self.batch_window)
+            remaining = deadline - now
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                # short polls while waiting for announced requests: they may be dropped instead
+                timeout = min(remaining, self.batch_window or remaining)
+                batch.append(self._queue.get(timeout=timeout) if remaining > 0 else self._queue.get_nowait())
+                last = time.monotonic()
             except queue.Empty:
-                break
+                if time.monotonic() >= deadline:
+                    break
         return batch
 
     def _run(self) -> None:
+        if self.continuous:
+            self._run_continuous()
+            return
         while not self._stopping.is_set():
             batch = self._collect()
             if not batch:
@@ -269,6 +362,89 @@ class DynamicBatcher:
                 for ticket in batch:
                     if not ticket.finished:
                         self._close(ticket, error=exc)
+
+    # -- continuous mode --------------------------------------------------------------------------
+    def _drain(self, limit: int) -> list[Ticket]:
+        """Whatever is waiting, without blocking (at most `limit`)."""
+        out: list[Ticket] = []
+        while len(out) < limit:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def _flush_wakes(self) -> None:
+        """Schedule the readers woken during the last step: one event-loop call per loop."""
+        by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[Ticket]]] = {}
+        while True:
+            try:
+                ticket = self._wake_queue.popleft()
+            except IndexError:
+                break
+            assert ticket._loop is not None
+            by_loop.setdefault(id(ticket._loop), (ticket._loop, []))[1].append(ticket)
+        for loop, tickets in by_loop.values():
+            try:
+                loop.call_soon_threadsafe(Ticket.wake_all, tickets)
+            except RuntimeError:  # that loop is closed: nobody reads these tickets any more
+                for ticket in tickets:
+                    ticket.cancel()
+
+    def _row(self, batch: ContinuousBatch, ticket: Ticket):
+        if ticket._loop is not None:
+            ticket._wake_queue = self._wake_queue
+        room = context_limit(self.engine) - ticket.prompt_tokens
+        return batch.new_row(ticket.request, on_text=ticket.push_text,
+                             on_done=lambda result: self._close(ticket, result),
+                             cancelled=lambda: ticket.cancelled or self._stopping.is_set(),
+                             on_error=lambda exc: self._close(ticket, error=exc),
+                             max_tokens=max(1, min(ticket.request.params.max_new_tokens, room)))
+
+    def _join(self, batch: ContinuousBatch, tickets: list[Ticket]) -> None:
+        """Prefill newcomers into the running batch; if that fails, retry them one by one."""
+        rows = {id(t): self._row(batch, t) for t in tickets}
+        try:
+            batch.add([rows[id(t)] for t in tickets])
+        except Exception as exc:
+            if len(tickets) == 1:
+                self._log_failure(exc)
+                self._close(tickets[0], error=exc)
+                return
+            self.logger.warning("prefill of %d requests failed (%s: %s); retrying them one by one",
+                                len(tickets), type(exc).__name__, exc)
+            for ticket in tickets:
+                if not ticket.finished:
+                    self._join(batch, [ticket])
+            return
+        self.batches_run += 1
+        self.rows_run += len(tickets)
+
+    def _run_continuous(self) -> None:
+        batch = ContinuousBatch(self.engine)
+        while not self._stopping.is_set():
+            try:
+                # idle: wait for a first request and gather a burst; busy: take whoever is waiting now
+                arrivals = self._collect() if batch.size == 0 else self._drain(self.max_batch_size - batch.size)
+                admitted = [t for t in arrivals if self._admit(t)]
+                for ticket in admitted:
+                    if ticket.request.params.num_beams != 1:
+                        self._run_beam(ticket)
+                newcomers = [t for t in admitted if t.request.params.num_beams == 1]
+                if newcomers:
+                    self._join(batch, newcomers)
+                if batch.size:
+                    self.largest_batch = max(self.largest_batch, batch.size)
+                    self.steps_run += 1
+                    self.row_steps += batch.size
+                    batch.step()
+            except BaseException as exc:  # a failed step: its rows fail, the thread goes on
+                self._log_failure(exc)
+                batch.fail_all(exc)
+            finally:
+                self._flush_wakes()
+        batch.cancel_all()
+        self._flush_wakes()
 
     def _admit(self, ticket: Ticket) -> bool:
         """Check one request alone (so a bad one fails by itself, not its batch)."""
@@ -295,6 +471,7 @@ class DynamicBatcher:
         if not streaming:
             return
         self.batches_run += 1
+        self.rows_run += len(streaming)
         self.largest_batch = max(self.largest_batch, len(streaming))
         started = time.monotonic()
         emitted = [False]
@@ -306,6 +483,8 @@ class DynamicBatcher:
                 self.logger.warning("batch of %d failed (%s: %s); retrying its requests one by one",
                                     len(streaming), type(exc).__name__, exc)
                 for ticket in streaming:
+                    if ticket.finished:
+                        continue
                     try:
                         result = self._generate([ticket])[0]
                     except Exception as single_exc:
@@ -329,7 +508,8 @@ class DynamicBatcher:
             tickets[i].push_text(piece)
 
         return generate_rows(self.engine, [t.request for t in tickets], on_text=on_text,
-                             cancelled=lambda i: tickets[i].cancelled or self._stopping.is_set())
+                             cancelled=lambda i: tickets[i].cancelled or self._stopping.is_set(),
+                             on_done=lambda i, result: self._close(tickets[i], result))
 
     def _run_beam(self, ticket: Ticket) -> None:
         try:

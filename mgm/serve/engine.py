@@ -307,76 +307,114 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
+class _Row:
+    """One request being generated: routes its tokens to text, applies its stop rules, reports.
+
+    on_text(piece) gets each new piece of text (a stop string never reaches it); on_done(result) is
+    called once when the row ends; cancelled() is polled before each token; on_error(exc) when the
+    batch it runs in fails. `max_tokens` overrides the request's max_new_tokens (e.g. to stay inside
+    the context).
+    """
+
+    def __init__(self, engine: InferenceEngine, request: Request, *,
+                 on_text: Callable[[str], None] | None = None, on_done: Callable[[RowResult], None] | None = None,
+                 cancelled: Callable[[], bool] | None = None, max_tokens: int | None = None,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self.request = request
+        self.on_text = on_text
+        self.on_done = on_done
+        self.on_error = on_error
+        self.cancelled = cancelled
+        self.max_tokens = request.params.max_new_tokens if max_tokens is None else max_tokens
+        self.eos = engine.eos_ids
+        self.decoder = _IncrementalDecoder(engine.tokenizer)
+        self.result = RowResult()
+        self.raw = ""  # decoded text, including what is held back for a possible stop string
+        self.done = False
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled is not None and self.cancelled()
+
+    def _emit(self, piece: str) -> None:
+        if piece:
+            self.result.text += piece
+            if self.on_text is not None:
+                self.on_text(piece)
+
+    def finish(self, reason: str) -> None:
+        """End the row: "stop", "length", "cancelled" (held-back text is flushed) or "stop_string"."""
+        if self.done:
+            return
+        self.done = True
+        if reason == "stop_string":
+            reason = "stop"
+        else:
+            # flush text held back for a possible stop string (or an unfinished character) that did not come
+            self.raw += self.decoder.flush()
+            self._emit(self.raw[len(self.result.text):])
+        self.result.finish_reason = reason
+        if self.on_done is not None:
+            self.on_done(self.result)
+
+    def push(self, token: int) -> None:
+        """Take the next generated token (ignored once the row is done)."""
+        if self.done:
+            return
+        if self.is_cancelled():
+            self.finish("cancelled")
+            return
+        if token in self.eos:
+            self.finish("stop")
+            return
+        result = self.result
+        result.completion_tokens += 1
+        self.raw += self.decoder.push(token)
+        stops = self.request.params.stop
+        hits = [self.raw.find(s) for s in stops if s and s in self.raw]
+        if hits:
+            self.raw = self.raw[:min(hits)]
+            self._emit(self.raw[len(result.text):])
+            self.finish("stop_string")
+            return
+        keep = _held_back(self.raw, stops)
+        self._emit(self.raw[len(result.text):len(self.raw) - keep])
+        if result.completion_tokens >= self.max_tokens:
+            self.finish("length")
+
+
 class _RowStreamer:
-    """A transformers streamer fed `[B]` token tensors each step; routes text to each row's callback."""
+    """A transformers streamer fed `[B]` token tensors each step; routes them to the rows."""
 
     def __init__(self, engine: InferenceEngine, requests: list[Request],
-                 on_text: Callable[[int, str], None] | None, cancelled: Callable[[int], bool] | None) -> None:
-        self.requests = requests
-        self.on_text = on_text
-        self.cancelled = cancelled
-        self.eos = set(engine.eos_ids)
-        self.decoders = [_IncrementalDecoder(engine.tokenizer) for _ in requests]
-        self.results = [RowResult() for _ in requests]
-        self.raw = ["" for _ in requests]  # decoded text including what is held back
-        self.done = [False] * len(requests)
+                 on_text: Callable[[int, str], None] | None, cancelled: Callable[[int], bool] | None,
+                 on_done: Callable[[int, RowResult], None] | None = None) -> None:
+        self.rows = [
+            _Row(engine, request,
+                 on_text=None if on_text is None else (lambda piece, i=i: on_text(i, piece)),
+                 on_done=None if on_done is None else (lambda result, i=i: on_done(i, result)),
+                 cancelled=None if cancelled is None else (lambda i=i: cancelled(i)))
+            for i, request in enumerate(requests)]
         self.prompt_seen = False
 
-    def _finish(self, i: int, reason: str) -> None:
-        if not self.done[i]:
-            self.done[i] = True
-            self.results[i].finish_reason = reason
-            # flush text held back for a possible stop string (or an unfinished character) that did not come
-            if reason != "stop_string":
-                self.raw[i] += self.decoders[i].flush()
-            rest = self.raw[i][len(self.results[i].text):]
-            if rest and reason != "stop_string":
-                self._emit(i, rest)
-            if reason == "stop_string":
-                self.results[i].finish_reason = "stop"
+    @property
+    def done(self) -> list[bool]:
+        return [row.done for row in self.rows]
 
-    def _emit(self, i: int, piece: str) -> None:
-        if piece:
-            self.results[i].text += piece
-            if self.on_text is not None:
-                self.on_text(i, piece)
+    @property
+    def results(self) -> list[RowResult]:
+        return [row.result for row in self.rows]
 
     def put(self, value: torch.Tensor) -> None:
         if value.dim() == 2 and not self.prompt_seen:  # generate() first pushes the prompt ids
             self.prompt_seen = True
             return
         self.prompt_seen = True
-        tokens = value.reshape(-1).tolist()
-        for i, token in enumerate(tokens):
-            if self.done[i]:
-                continue
-            if self.cancelled is not None and self.cancelled(i):
-                self._finish(i, "cancelled")
-                continue
-            if token in self.eos:
-                self._finish(i, "stop")
-                continue
-            result = self.results[i]
-            result.completion_tokens += 1
-            self.raw[i] += self.decoders[i].push(token)
-            stops = self.requests[i].params.stop
-            hits = [self.raw[i].find(s) for s in stops if s and s in self.raw[i]]
-            if hits:
-                cut = min(hits)
-                self.raw[i] = self.raw[i][:cut]
-                self._emit(i, self.raw[i][len(result.text):])
-                self._finish(i, "stop_string")
-                continue
-            keep = _held_back(self.raw[i], stops)
-            self._emit(i, self.raw[i][len(result.text):len(self.raw[i]) - keep])
-            if result.completion_tokens >= self.requests[i].params.max_new_tokens:
-                self._finish(i, "length")
+        for row, token in zip(self.rows, value.reshape(-1).tolist()):
+            row.push(token)
 
     def end(self) -> None:
-        for i in range(len(self.requests)):
-            if not self.done[i]:
-                cancelled = self.cancelled is not None and self.cancelled(i)
-                self._finish(i, "cancelled" if cancelled else "length")
+        for row in self.rows:
+            row.finish("cancelled" if row.is_cancelled() else "length")
 
 
 def _row_sampling_processor(requests: list[Request], top_k: int, device: torch.device):
@@ -417,13 +455,15 @@ def _row_sampling_processor(requests: list[Request], top_k: int, device: torch.d
 
 def generate_rows(engine: InferenceEngine, requests: list[Request],
                   on_text: Callable[[int, str], None] | None = None,
-                  cancelled: Callable[[int], bool] | None = None) -> list[RowResult]:
+                  cancelled: Callable[[int], bool] | None = None,
+                  on_done: Callable[[int, RowResult], None] | None = None) -> list[RowResult]:
     """Generate answers for `requests` in ONE batched `generate`, streaming each row's text.
 
     Rows may differ in temperature, top_p, max_new_tokens and stop strings (num_beams must be 1:
-    beam search cannot stream; use `engine.generate`). `on_text(i, piece)` is called from this thread
+    beam search cannot stream; use `engine.generate`). Callbacks run on this thread: `on_text(i, piece)`
     with each new piece of row i (stop strings never reach it); `cancelled(i)` is polled every step
-    and ends row i early. Returns one RowResult per request, in order.
+    and ends row i early; `on_done(i, result)` as soon as row i is finished (its client need not wait
+    for the longest row). Returns one RowResult per request, in order.
     """
     from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -432,7 +472,7 @@ def generate_rows(engine: InferenceEngine, requests: list[Request],
     if any(r.params.num_beams != 1 for r in requests):
         raise ValueError("generate_rows streams, so it needs num_beams=1 for every request")
     ids, mask, images, images_aux = engine._batch_inputs(requests)
-    streamer = _RowStreamer(engine, requests, on_text, cancelled)
+    streamer = _RowStreamer(engine, requests, on_text, cancelled, on_done)
 
     class RowsDone(StoppingCriteria):
         # evaluated right after streamer.put() saw this step's tokens: [B] bool, True = row finished
@@ -456,3 +496,155 @@ def generate_rows(engine: InferenceEngine, requests: list[Request],
     with engine.lock, torch.inference_mode():
         engine.model.generate(ids, images=images, images_aux=images_aux, attention_mask=mask, **kwargs)
     return streamer.results
+
+
+# -- continuous batching: rows join and leave a running batch between decoding steps -----------------
+class ContinuousBatch:
+    """A batch of rows decoded one token per `step()`, sharing one KV cache; new rows can `add()`
+    between steps and finished rows leave at once (used by mgm.serve.batcher in continuous mode).
+
+    Joining rows are prefilled together (images encoded, left padding, exactly as `model.generate`
+    prepares them), then their cache is left-padded to the running length and stacked under the
+    running rows; rows keep their own position ids. Leaving rows are cut out of the cache and the
+    leading columns no row needs any more are trimmed. Sampling is per row (temperature, top-k as
+    transformers' default 50 unless the model's generation config says otherwise, top-p; greedy rows
+    take the argmax). Other generation-config processors (repetition penalty, ...) are not applied.
+    Shapes: mask [B, L] (1 = real token), positions / next_tokens [B], cache layers [B, heads, L, dim].
+    """
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self.engine = engine
+        self.rows: list[_Row] = []
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None
+        self.next_tokens: torch.Tensor | None = None
+        top_k = getattr(engine.model.generation_config, "top_k", None)
+        self.top_k = 50 if top_k is None else int(top_k)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def new_row(self, request: Request, **kwargs) -> _Row:
+        """A row for `request` (keyword arguments as `_Row`: on_text, on_done, cancelled, max_tokens)."""
+        return _Row(self.engine, request, **kwargs)
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """logits [B, V] → next token ids [B]."""
+        if all(not row.request.params.do_sample for row in rows):
+            return logits.argmax(dim=-1)
+        process = _row_sampling_processor([row.request for row in rows], self.top_k, logits.device)
+        probs = torch.softmax(process(None, logits.float()), dim=-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+    def add(self, rows: list[_Row]) -> None:
+        """Prefill `rows` together and join them to the running batch (their first token is routed)."""
+        if not rows:
+            return
+        engine, model = self.engine, self.engine.model
+        from transformers import DynamicCache
+
+        ids, mask, images, images_aux = engine._batch_inputs([row.request for row in rows])
+        with engine.lock, torch.inference_mode():
+            if images is not None:  # as MGM's generate(): image features spliced in, rows re-padded on the left
+                _, _, new_mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(
+                    ids, None, mask, None, None, images, images_aux, padding_side="left")
+                if new_mask is None:
+                    new_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            else:
+                embeds, new_mask = model.get_model().embed_tokens(ids), mask
+            new_mask = new_mask.long()
+            positions = (new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
+            out = model(inputs_embeds=embeds, attention_mask=new_mask, position_ids=positions,
+                        past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+            tokens = self._sample(out.logits[:, -1, :], rows)
+        self._join(out.past_key_values, new_mask, new_mask.sum(-1), tokens, rows)
+        self._route(tokens, rows)
+
+    def step(self) -> None:
+        """Decode one token for every running row (cancelled rows leave first)."""
+        for row in self.rows:
+            if not row.done and row.is_cancelled():
+                row.finish("cancelled")
+        self._leave()
+        if not self.rows:
+            return
+        model = self.engine.model
+        with self.engine.lock, torch.inference_mode():
+            ones = torch.ones((self.mask.shape[0], 1), dtype=self.mask.dtype, device=self.mask.device)
+            self.mask = torch.cat([self.mask, ones], dim=1)
+            out = model(input_ids=self.next_tokens[:, None], attention_mask=self.mask,
+                        position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True)
+            tokens = self._sample(out.logits[:, -1, :], self.rows)
+        self.cache = out.past_key_values
+        self.positions = self.positions + 1
+        self.next_tokens = tokens
+        self._route(tokens, self.rows)
+
+    def cancel_all(self, reason: str = "cancelled") -> None:
+        for row in self.rows:
+            row.finish(reason)
+        self._leave()
+
+    def fail_all(self, exc: BaseException) -> None:
+        """Drop every row after a failed step, reporting `exc` to each row not yet done (`on_error`)."""
+        for row in self.rows:
+            if not row.done:
+                row.done = True
+                if row.on_error is not None:
+                    row.on_error(exc)
+        self.rows = []
+        self._reset()
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def _route(self, tokens: torch.Tensor, rows: list[_Row]) -> None:
+        for row, token in zip(rows, tokens.tolist()):
+            row.push(token)
+        self._leave()
+
+    def _reset(self) -> None:
+        self.cache = self.mask = self.positions = self.next_tokens = None
+
+    def _join(self, cache, mask: torch.Tensor, next_positions: torch.Tensor, tokens: torch.Tensor,
+              rows: list[_Row]) -> None:
+        if self.cache is None or not self.rows:
+            self.cache, self.mask, self.positions, self.next_tokens, self.rows = cache, mask, next_positions, tokens, rows
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+
+        def left_pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - t.shape[dim]
+            if missing == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = missing
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([left_pad(old.keys, -2), left_pad(new.keys, -2)], dim=0)
+            old.values = torch.cat([left_pad(old.values, -2), left_pad(new.values, -2)], dim=0)
+        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(mask, 1)], dim=0)
+        self.positions = torch.cat([self.positions, next_positions])
+        self.next_tokens = torch.cat([self.next_tokens, tokens])
+        self.rows = self.rows + rows
+
+    def _leave(self) -> None:
+        """Remove finished rows; trim cache columns that only padding uses."""
+        if all(not row.done for row in self.rows):
+            return
+        keep = [i for i, row in enumerate(self.rows) if not row.done]
+        if not keep:
+            self.rows = []
+            self._reset()
+            return
+        index = torch.tensor(keep, device=self.mask.device)
+        self.mask = self.mask.index_select(0, index)
+        lead = int(torch.nonzero(self.mask.any(dim=0))[0, 0])  # columns before this are padding for all rows
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[..., lead:, :]
+            layer.values = layer.values.index_select(0, index.to(layer.values.device))[..., lead:, :]
+        self.mask = self.mask[:, lead:]
+        self.positions = self.positions.index_select(0, index)
+        self.next_tokens = self.next_tokens.index_select(0, index)
+        self.rows = [self.rows[i] for i in keep]

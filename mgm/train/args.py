@@ -36,7 +36,8 @@ class ModelArguments:
     model_name_or_path: str | None = field(default="facebook/opt-125m", metadata={
         "help": "base LLM folder (or an MGM checkpoint to continue from); its config.json model_type picks the family"})
     version: str | None = field(default="v0", metadata={
-        "help": "conversation template / tokenizer rules: plain, v1, llama_3, gemma, mistral_instruct, chatml_direct, ..."})
+        "help": "conversation template and tokenizer rules: plain, v1, llama_3, gemma, mistral_instruct, "
+                "chatml_direct, ..."})
     freeze_backbone: bool = field(default=False, metadata={"help": "freeze the LLM body (not lm_head)"})
     tune_mm_mlp_adapter: bool = field(default=False, metadata={
         "help": "stage 1: train only the projector and the patch-info-mining modules; saves mm_projector.bin"})
@@ -104,7 +105,8 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length: bool = field(default=False, metadata={
         "help": "batches of image-only or text-only samples of similar length"})
     lr_multi: str | None = field(default=None, metadata={
-        "help": "per-module LR multipliers 'substring:mult,substring:mult', e.g. 'model.mm_projector:2,model.vlm_uni:2'"})
+        "help": "per-module LR multipliers 'substring:mult,substring:mult', "
+                "e.g. 'model.mm_projector:2,model.vlm_uni:2'"})
     evaluation_strategy: str | None = field(default=None, metadata={"help": "old name of --eval_strategy"})
     warmup_ratio: float | None = field(default=None, metadata={
         "help": "old flag: warm-up as a fraction of the total steps (given to --warmup_steps)"})

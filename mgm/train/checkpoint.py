@@ -136,8 +136,15 @@ def save_adapter(model: nn.Module, output_dir: str | Path, *, is_main_process: b
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, path)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        unwrap(model).config.save_pretrained(str(output_dir))
+        save_config(model, output_dir)
     return path
+
+
+def save_config(model: nn.Module, output_dir: str | Path) -> None:
+    """config.json with `architectures` set, as `save_pretrained` would write it."""
+    base = unwrap(model)
+    base.config.architectures = [type(base).__name__]
+    base.config.save_pretrained(str(output_dir))
 
 
 def read_adapter_file(file: str | Path) -> dict[str, torch.Tensor]:
@@ -246,7 +253,7 @@ def save_lora(model: nn.Module, output_dir: str | Path, *, bias: str, is_main_pr
         return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    unwrap(model).config.save_pretrained(str(out))
+    save_config(model, out)
     model.save_pretrained(str(out), state_dict=state)
     torch.save(non_lora, out / NON_LORA_FILE)
     if tokenizer is not None:
@@ -282,9 +289,9 @@ def resumable_reason(folder: str | Path) -> str | None:
     has_weights = has_ds or bool(names & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                                           "pytorch_model.bin.index.json", "adapter_model.safetensors",
                                           "adapter_model.bin", ADAPTER_FILE})
-    if TRAINER_STATE not in names and ADAPTER_FILE in names:
-        return (f"{path} is a stage-1 adapter folder (mm_projector.bin) without trainer state; it cannot be resumed "
-                f"(use it as --pretrain_mm_mlp_adapter {path / ADAPTER_FILE} for stage 2)")
+    if ADAPTER_FILE in names and not (TRAINER_STATE in names and has_optimizer):
+        return (f"{path} is a stage-1 adapter folder (mm_projector.bin) without optimizer or trainer state; it "
+                f"cannot be resumed (use it as --pretrain_mm_mlp_adapter {path / ADAPTER_FILE} for stage 2)")
     if TRAINER_STATE not in names:
         return f"{path} has no {TRAINER_STATE}"
     if not has_optimizer:

@@ -1,35 +1,42 @@
-"""Synthetic MGM-Tiny data: shapes you can see at low resolution, digits and marks you can only read at high.
+"""Synthetic MGM-Tiny data: shapes you can see at low resolution, textures and digits you can only see at high.
 
 Run:
 
-    python -m mgm.zoo.synth --out data/MGM-Tiny --seed 0 [--n-train 2000 --n-pretrain 1000 --n-eval 200
-                                                         --image-size 128 --lr-size 32] [--force]
+    python -m mgm.zoo.synth --out data/MGM-Tiny --seed 0 [--n-train 4000 --n-pretrain 2000 --n-eval 200
+                                                         --turns 3 --image-size 128 --lr-size 32] [--force]
 
 Every image is drawn with PIL from the seed (the same seed gives byte-identical files). A scene is
 
-* coarse content, readable from the 32 px low-res (LR) view: 1-4 large shapes of one kind (circle, square,
-  triangle) and one colour (red, green, blue, yellow, purple) on a white canvas;
-* fine content, readable only from the high-res (HR) view: a grey panel in the top-left corner with a
-  digit 0-9, and one in the bottom-right corner with a mark (cross, ring, dot, bar). Both are drawn in
-  *halftone*: every "ink" cell is a 2x2 pixel checker of a dark and a light grey whose mean equals the
-  panel's grey. The cells sit on the grid that MGM's LR view samples (the LR image is a bilinear
-  resize of the HR one with no antialias, which at a 4x reduction averages exactly one cell per output
-  pixel), so the LR view of a panel is one flat grey whatever is written in it; a LLaVA-style model
-  that only gets a 32 px bicubic resize also sees flat grey. At 128 px the digit is 6x10 pixels and
-  plainly legible.
+* coarse content, readable from the 32 px low-res (LR) view: 1-3 large shapes (36 px at 128) of one kind
+  (circle, square, triangle) and one colour (red, green, blue, yellow, purple) on a white canvas;
+* fine content, readable only from the high-res (HR) view: the shapes' texture (plain, striped or
+  checkered), a digit 0-9 in a grey panel in the top-left corner and a mark (cross, ring, dot, bar) in
+  one in the bottom-right corner. All three are drawn in *halftone* 2x2-pixel cells whose mean is the
+  colour underneath (a texture adds +-40 to the shape colour in alternate rows or in a checkerboard;
+  digit and mark "ink" is a dark/light grey checker on the panel's grey). The cells sit on the grid
+  MGM's LR view samples: the LR image is a bilinear resize of the HR one without antialias, which at a
+  4x reduction averages exactly one cell per output pixel, so the LR view is the same whatever the
+  texture, digit or mark (tested). A LLaVA-style model fed a 32 px bicubic resize sees it nearly flat
+  too (within about one grey level). At 128 px the digit is 6x10 pixels and plainly legible.
 
-Questions use a small closed vocabulary (single-word answers) in five categories: coarse `colour`,
-`shape`, `count` and fine `digit`, `mark`.
+Questions use a small closed vocabulary (single-word answers) in six categories: coarse `colour`,
+`shape`, `count` and fine `pattern`, `digit`, `mark`. Stage-2 turns come in the prompt forms of the
+benchmarks (TextVQA's single-word instruction, MME's yes/no, MMBench's lettered options) and as bare
+chat questions.
 
 Tree written under OUT (the original data layout, `data/README.md`):
 
     OUT/
       synth_meta.json                       options, vocabulary, counts, categories of every eval question
+      stage1.json, stage2.json              the two training files again, image paths relative to OUT
+                                            (what scripts/tiny/train/*.sh read with --image_folder OUT)
       MGM-Pretrain/mgm_pretrain.json        stage 1: LLaVA JSON, one "<image>" caption turn per image
       MGM-Pretrain/images/*.png
       MGM-Finetune/mgm_instruction.json     stage 2: multi-turn LLaVA conversations (open, short-answer,
       MGM-Finetune/synth/*.png                yes/no and multiple-choice turns) + text-only samples
-      MGM-Eval/textvqa/llava_textvqa_val_v051.jsonl   {question_id (= image_id), image, text}: fine questions
+      MGM-Eval/textvqa/llava_textvqa_val_v051_ocr.jsonl  {question_id (= image_id), image, text}: open
+                                                      questions, one per image, every category in turn
+                                                      (the real file's name; the prompts carry no OCR tokens)
       MGM-Eval/textvqa/TextVQA_0.5.1_val.json         {"data": [{question_id, image_id, question, answers x10}]}
       MGM-Eval/textvqa/train_images/*.png
       MGM-Eval/MME/llava_mme.jsonl                    {question_id: "<category>/<image>", image, text, category}
@@ -55,38 +62,47 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 from mgm.errors import UserError, exit_on_user_error
 
 SYNTH_FORMAT_VERSION = 1
 
+# Every channel stays within [PATTERN_DELTA, 255 - PATTERN_DELTA] so a texture can add +-PATTERN_DELTA exactly.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-    "yellow": (235, 200, 30), "purple": (150, 60, 190),
+    "red": (195, 60, 60), "green": (60, 160, 75), "blue": (60, 90, 195),
+    "yellow": (195, 180, 60), "purple": (150, 70, 185),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-COUNTS: tuple[int, ...] = (1, 2, 3, 4)
+COUNTS: tuple[int, ...] = (1, 2, 3)
+PATTERNS: tuple[str, ...] = ("plain", "striped", "checkered")
 DIGITS: tuple[str, ...] = tuple("0123456789")
 MARKS: tuple[str, ...] = ("cross", "ring", "dot", "bar")
+PATTERN_DELTA = 60
 
 COARSE: tuple[str, ...] = ("colour", "shape", "count")
-FINE: tuple[str, ...] = ("digit", "mark")
+# How often stage 2 asks about each category: the ones a tiny LLM picks up slowly are asked more.
+CATEGORY_WEIGHTS: dict[str, float] = {"colour": 0.6, "shape": 1.2, "count": 1.0, "pattern": 0.8, "digit": 1.6,
+                                      "mark": 1.2}
+FINE: tuple[str, ...] = ("pattern", "digit", "mark")
 CATEGORIES: tuple[str, ...] = COARSE + FINE
 
 # MME kit category of each of our categories that has an MME counterpart.
 MME_CATEGORY: dict[str, str] = {"colour": "color", "count": "count", "shape": "existence", "digit": "OCR"}
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+FORM_WEIGHTS: dict[str, float] = {"chat": 0.15, "short": 0.4, "yes_no": 0.15, "choice": 0.3}
 YES_NO = "Please answer yes or no."
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 QUESTIONS: dict[str, str] = {
-    "colour": "What color are the large shapes?",
-    "shape": "What shape are the large objects?",
-    "count": "How many large shapes are there?",
-    "digit": "What digit is written in the top left corner?",
-    "mark": "What mark is drawn in the bottom right corner?",
+    "colour": "What color are the shapes?",
+    "shape": "Which shape is shown?",
+    "count": "How many shapes are there?",
+    "pattern": "What pattern fills the shapes?",
+    "digit": "What digit is in the top left corner?",
+    "mark": "What mark is in the bottom right corner?",
 }
 CAPTION_PROMPTS: tuple[str, ...] = ("Describe the image briefly.", "Give a short caption of the picture.",
                                     "What is in the image?")
@@ -95,13 +111,18 @@ CAPTION_PROMPTS: tuple[str, ...] = ("Describe the image briefly.", "Give a short
 PANEL_GREY, INK_DARK, INK_LIGHT = 128, 16, 240
 BACKGROUND = (255, 255, 255)
 
-# 3x5 cell bitmaps ("#" = ink) of the digits and 5x5 ones of the marks.
+# 5x7 cell bitmaps ("#" = ink) of the digits (a classic dot-matrix font) and 5x5 ones of the marks.
 DIGIT_FONT: dict[str, tuple[str, ...]] = {
-    "0": ("###", "#.#", "#.#", "#.#", "###"), "1": (".#.", "##.", ".#.", ".#.", "###"),
-    "2": ("###", "..#", "###", "#..", "###"), "3": ("###", "..#", ".##", "..#", "###"),
-    "4": ("#.#", "#.#", "###", "..#", "..#"), "5": ("###", "#..", "###", "..#", "###"),
-    "6": ("###", "#..", "###", "#.#", "###"), "7": ("###", "..#", ".#.", ".#.", ".#."),
-    "8": ("###", "#.#", "###", "#.#", "###"), "9": ("###", "#.#", "###", "..#", "###"),
+    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    "3": ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
+    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
 }
 MARK_FONT: dict[str, tuple[str, ...]] = {
     "cross": ("#...#", ".#.#.", "..#..", ".#.#.", "#...#"),
@@ -136,9 +157,9 @@ class SynthOptions:
 
     @property
     def panel(self) -> int:
-        """Side of a fine-detail panel: whole LR-token windows, enough for 5x5 cells plus a margin."""
+        """Side of a fine-detail panel: whole LR-token windows, enough for 5x7 halftone cells."""
         windows = 1
-        while (windows * self.window - self.cell_offset) // 2 < 5:
+        while (windows * self.window - self.cell_offset) // 2 < 7:
             windows += 1
         return windows * self.window
 
@@ -161,6 +182,7 @@ class Scene:
     shape: str
     count: int
     boxes: tuple[tuple[int, int, int], ...]  # (x, y, size) of each large shape
+    pattern: str
     digit: str
     digit_cell: tuple[int, int]  # top-left cell of the digit inside its panel
     mark: str
@@ -168,13 +190,13 @@ class Scene:
 
     def answer(self, category: str) -> str:
         """The single-word answer to the category's question."""
-        return {"colour": self.colour, "shape": self.shape, "count": str(self.count),
+        return {"colour": self.colour, "shape": self.shape, "count": str(self.count), "pattern": self.pattern,
                 "digit": self.digit, "mark": self.mark}[category]
 
 
 def _choices(category: str) -> tuple[str, ...]:
     return {"colour": tuple(COLOURS), "shape": SHAPES, "count": tuple(str(c) for c in COUNTS),
-            "digit": DIGITS, "mark": MARKS}[category]
+            "pattern": PATTERNS, "digit": DIGITS, "mark": MARKS}[category]
 
 
 def sample_scene(rng: random.Random, opts: SynthOptions) -> Scene:
@@ -183,8 +205,8 @@ def sample_scene(rng: random.Random, opts: SynthOptions) -> Scene:
     colour, shape, count = rng.choice(tuple(COLOURS)), rng.choice(SHAPES), rng.choice(COUNTS)
     forbidden = [(0, 0, panel + 2, panel + 2), (s - panel - 2, s - panel - 2, s, s)]
     boxes: list[tuple[int, int, int]] = []
+    size = s * 9 // 32  # 36 px at 128 (9 px in the 32 px LR view); one size, so area tells the count
     while len(boxes) < count:
-        size = rng.randint(s * 11 // 64, s * 17 // 64)  # 22-34 px at 128: 5-8 px in the 32 px LR view
         x, y = rng.randint(1, s - size - 1), rng.randint(1, s - size - 1)
         rect = (x - 2, y - 2, x + size + 2, y + size + 2)
         if all(rect[2] <= f[0] or f[2] <= rect[0] or rect[3] <= f[1] or f[3] <= rect[1] for f in forbidden):
@@ -194,13 +216,13 @@ def sample_scene(rng: random.Random, opts: SynthOptions) -> Scene:
             boxes.clear()
             forbidden = forbidden[:2]
     cells = (panel - opts.cell_offset) // 2
-    digit, mark = rng.choice(DIGITS), rng.choice(MARKS)
+    pattern, digit, mark = rng.choice(PATTERNS), rng.choice(DIGITS), rng.choice(MARKS)
+    digit_cell = ((cells - 5) // 2, (cells - 7) // 2)  # a 7-cell digit fills a 16 px panel's height: no room to move
     if opts.fine_jitter:
-        digit_cell = (rng.randint(0, cells - 3), rng.randint(0, cells - 5))
         mark_cell = (rng.randint(0, cells - 5), rng.randint(0, cells - 5))
     else:
-        digit_cell, mark_cell = ((cells - 3) // 2, (cells - 5) // 2), ((cells - 5) // 2, (cells - 5) // 2)
-    return Scene(colour, shape, count, tuple(boxes), digit, digit_cell, mark, mark_cell)
+        mark_cell = ((cells - 5) // 2, (cells - 5) // 2)
+    return Scene(colour, shape, count, tuple(boxes), pattern, digit, digit_cell, mark, mark_cell)
 
 
 def _draw_halftone(draw: ImageDraw.ImageDraw, bitmap: Sequence[str], origin: tuple[int, int]) -> None:
@@ -215,24 +237,58 @@ def _draw_halftone(draw: ImageDraw.ImageDraw, bitmap: Sequence[str], origin: tup
             draw.point([(x + 1, y), (x, y + 1)], fill=(INK_LIGHT,) * 3)
 
 
+def _texture(image: Image.Image, mask: Image.Image, pattern: str, off: int) -> Image.Image:
+    """Modulate every 2x2 halftone cell lying wholly inside the shapes by +-PATTERN_DELTA.
+
+    Rows alternate for "striped", a checkerboard for "checkered". Each cell's mean stays the shape colour,
+    and cells only partly inside a shape stay plain, so the LR view is the same for every pattern.
+    """
+    arr = np.asarray(image, dtype=np.int16).copy()
+    inside = np.asarray(mask) > 0
+    n = (arr.shape[0] - off) // 2
+    cells = inside[off: off + 2 * n, off: off + 2 * n].reshape(n, 2, n, 2).all(axis=(1, 3))
+    sign = np.array([[1, 1], [-1, -1]]) if pattern == "striped" else np.array([[1, -1], [-1, 1]])
+    modulation = np.kron(cells, sign) * PATTERN_DELTA  # [2n, 2n]
+    arr[off: off + 2 * n, off: off + 2 * n] += modulation[:, :, None].astype(np.int16)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
 def render_scene(scene: Scene, opts: SynthOptions) -> Image.Image:
     """Pixels of a scene: RGB, `image_size` square, no antialiasing (exact colours)."""
     s, panel, off = opts.image_size, opts.panel, opts.cell_offset
     image = Image.new("RGB", (s, s), BACKGROUND)
     draw = ImageDraw.Draw(image)
     fill = COLOURS[scene.colour]
+    mask = Image.new("L", (s, s), 0)
+    mask_draw = ImageDraw.Draw(mask)
     for x, y, size in scene.boxes:
-        if scene.shape == "circle":
-            draw.ellipse((x, y, x + size - 1, y + size - 1), fill=fill)
-        elif scene.shape == "square":
-            draw.rectangle((x, y, x + size - 1, y + size - 1), fill=fill)
-        else:
-            draw.polygon([(x + size // 2, y), (x, y + size - 1), (x + size - 1, y + size - 1)], fill=fill)
+        for d, colour in ((draw, fill), (mask_draw, 255)):
+            if scene.shape == "circle":
+                d.ellipse((x, y, x + size - 1, y + size - 1), fill=colour)
+            elif scene.shape == "square":
+                d.rectangle((x, y, x + size - 1, y + size - 1), fill=colour)
+            else:
+                d.polygon([(x + size // 2, y), (x, y + size - 1), (x + size - 1, y + size - 1)], fill=colour)
+    if scene.pattern != "plain":
+        image = _texture(image, mask, scene.pattern, off)
+        draw = ImageDraw.Draw(image)
     for px, bitmap, cell in ((0, DIGIT_FONT[scene.digit], scene.digit_cell),
                              (s - panel, MARK_FONT[scene.mark], scene.mark_cell)):
         draw.rectangle((px, px, px + panel - 1, px + panel - 1), fill=(PANEL_GREY,) * 3)
         _draw_halftone(draw, bitmap, (px + off + 2 * cell[0], px + off + 2 * cell[1]))
     return image
+
+
+DEMO_SCENE = Scene(colour="blue", shape="circle", count=3, boxes=((26, 28, 40), (76, 22, 34), (48, 74, 42)),
+                   pattern="striped", digit="7", digit_cell=(2, 1), mark="cross", mark_cell=(1, 1))
+
+
+def write_demo_image(path: str | Path) -> Path:
+    """The bundled chat example (`mgm/serve/examples/tiny_demo.png`): 3 striped blue circles, digit 7, a cross."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_scene(DEMO_SCENE, SynthOptions()).save(path)
+    return path
 
 
 # ----------------------------------------------------------------------------------------------- questions
@@ -247,9 +303,10 @@ def yes_no_question(category: str, scene: Scene, truth: bool, rng: random.Random
     """(question ending in 'Please answer yes or no.', 'Yes'|'No') asking about a true or a false value."""
     value = scene.answer(category) if truth else rng.choice([c for c in _choices(category) if c != scene.answer(category)])
     text = {
-        "colour": f"Are the large shapes {value}?",
+        "colour": f"Are the shapes {value}?",
         "shape": f"Is there a {value} in the image?",
-        "count": f"Are there {value} large shapes in the image?",
+        "count": f"Are there {value} shapes?",
+        "pattern": f"Are the shapes {value}?",
         "digit": f"Is the digit in the top left corner {value}?",
         "mark": f"Is the mark in the bottom right corner a {value}?",
     }[category]
@@ -257,10 +314,13 @@ def yes_no_question(category: str, scene: Scene, truth: bool, rng: random.Random
 
 
 def mc_options(category: str, scene: Scene, rng: random.Random) -> tuple[list[str], str]:
-    """Up to four shuffled options including the answer, and the answer's letter."""
-    wrong = [c for c in _choices(category) if c != scene.answer(category)]
-    options = [scene.answer(category), *rng.sample(wrong, min(3, len(wrong)))]
-    rng.shuffle(options)
+    """Up to four options including the answer, listed in vocabulary order, and the answer's letter.
+
+    A fixed order (as numeric options usually come) lets the letter follow from the answer: a 2-layer
+    64-wide LLM does not learn in a few minutes to match a visual fact against shuffled option texts."""
+    vocab = _choices(category)
+    wrong = [c for c in vocab if c != scene.answer(category)]
+    options = sorted([scene.answer(category), *rng.sample(wrong, min(3, len(wrong)))], key=vocab.index)
     return options, "ABCD"[options.index(scene.answer(category))]
 
 
@@ -273,25 +333,37 @@ def mc_prompt(question: str, options: Sequence[str]) -> str:
 def caption(scene: Scene) -> str:
     """Stage-1 caption naming every fact of the scene."""
     plural = "s" if scene.count > 1 else ""
-    return (f"{scene.count} {scene.colour} {scene.shape}{plural}. The digit {scene.digit} is in the top left "
-            f"corner and a {scene.mark} is in the bottom right corner.")
+    return (f"{scene.count} {scene.pattern} {scene.colour} {scene.shape}{plural}, the digit {scene.digit} and a "
+            f"{scene.mark}.")
 
 
-def instruction_turns(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
-    """All five categories, shuffled, each asked in a random form (open, short-answer, yes/no, choice)."""
+def instruction_turns(scene: Scene, rng: random.Random, n_turns: int = 3,
+                      forms: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """`n_turns` different categories, each asked in a form drawn with the weights `forms` (FORM_WEIGHTS):
+    "chat" (bare question), "short" (TextVQA prompt), "yes_no" (MME prompt), "choice" (MMBench prompt)."""
+    forms = forms or FORM_WEIGHTS
     turns = []
-    for category in rng.sample(CATEGORIES, len(CATEGORIES)):
-        form = rng.random()
-        if form < 0.25:
-            turns.append(open_question(category, scene, rng, short_suffix=False))
-        elif form < 0.5:
-            turns.append(open_question(category, scene, rng, short_suffix=True))
-        elif form < 0.75:
-            turns.append(yes_no_question(category, scene, rng.random() < 0.5, rng))
+    for category in _weighted_sample(rng, CATEGORY_WEIGHTS, min(n_turns, len(CATEGORIES))):
+        form = rng.choices(list(forms), weights=list(forms.values()))[0]
+        if form in ("chat", "short"):
+            turns.append(open_question(category, scene, rng, short_suffix=form == "short"))
+        elif form == "yes_no":  # as LLaVA's llava_mme.jsonl asks it
+            question, answer = yes_no_question(category, scene, rng.random() < 0.5, rng)
+            turns.append((question + "\n" + SHORT_ANSWER, answer))
         else:
             options, letter = mc_options(category, scene, rng)
             turns.append((mc_prompt(QUESTIONS[category], options), letter))
     return turns
+
+
+def _weighted_sample(rng: random.Random, weights: dict[str, float], k: int) -> list[str]:
+    """k distinct keys drawn with probability proportional to their weights (without replacement)."""
+    pool, picked = dict(weights), []
+    for _ in range(k):
+        key = rng.choices(list(pool), weights=list(pool.values()))[0]
+        picked.append(key)
+        del pool[key]
+    return picked
 
 
 def text_only_turns(rng: random.Random) -> list[tuple[str, str]]:
@@ -339,6 +411,11 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _rebase(samples: list[dict], folder: str) -> list[dict]:
+    """The same samples with image paths relative to the data root (the tiny training scripts' --image_folder)."""
+    return [{**s, "image": f"{folder}/{s['image']}"} if "image" in s else s for s in samples]
+
+
 def write_pretrain(root: Path, seed: int, n: int, opts: SynthOptions) -> int:
     rng, images = _rng(seed, "pretrain"), root / "MGM-Pretrain" / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -350,10 +427,12 @@ def write_pretrain(root: Path, seed: int, n: int, opts: SynthOptions) -> int:
         samples.append({"id": f"pretrain_{i:06d}", "image": f"images/{name}", "conversations": _conversation(
             [(rng.choice(CAPTION_PROMPTS), caption(scene))], with_image=True)})
     _write_json(root / "MGM-Pretrain" / "mgm_pretrain.json", samples)
+    _write_json(root / "stage1.json", _rebase(samples, "MGM-Pretrain"))
     return len(samples)
 
 
-def write_finetune(root: Path, seed: int, n: int, opts: SynthOptions, text_only_ratio: float = 0.1) -> dict[str, int]:
+def write_finetune(root: Path, seed: int, n: int, opts: SynthOptions, text_only_ratio: float = 0.1,
+                   turns: int = 3, forms: dict[str, float] | None = None) -> dict[str, int]:
     rng, images = _rng(seed, "finetune"), root / "MGM-Finetune" / "synth"
     images.mkdir(parents=True, exist_ok=True)
     samples, n_text = [], 0
@@ -366,18 +445,19 @@ def write_finetune(root: Path, seed: int, n: int, opts: SynthOptions, text_only_
         name = f"finetune_{i:06d}.png"
         render_scene(scene, opts).save(images / name)
         samples.append({"id": f"finetune_{i:06d}", "image": f"synth/{name}",
-                        "conversations": _conversation(instruction_turns(scene, rng), with_image=True)})
+                        "conversations": _conversation(instruction_turns(scene, rng, turns, forms), with_image=True)})
     _write_json(root / "MGM-Finetune" / "mgm_instruction.json", samples)
+    _write_json(root / "stage2.json", _rebase(samples, "MGM-Finetune"))
     return {"samples": len(samples), "text_only": n_text}
 
 
 def write_textvqa(root: Path, seed: int, n: int, opts: SynthOptions) -> dict[str, str]:
-    """Fine-detail questions, one per image, digit and mark alternating. Returns {image_id: category}."""
+    """Open questions, one per image, every category in turn. Returns {image_id: category}."""
     rng, base = _rng(seed, "textvqa"), root / "MGM-Eval" / "textvqa"
     (base / "train_images").mkdir(parents=True, exist_ok=True)
     questions, annotations, categories = [], [], {}
     for i in range(n):
-        scene, category = sample_scene(rng, opts), FINE[i % len(FINE)]
+        scene, category = sample_scene(rng, opts), CATEGORIES[i % len(CATEGORIES)]
         image_id = f"tiny{seed}_{i:05d}"
         render_scene(scene, opts).save(base / "train_images" / f"{image_id}.png")
         question = QUESTIONS[category]
@@ -385,7 +465,7 @@ def write_textvqa(root: Path, seed: int, n: int, opts: SynthOptions) -> dict[str
         annotations.append({"question_id": i, "image_id": image_id, "question": question,
                             "answers": [scene.answer(category)] * 10, "set_name": "val"})
         categories[image_id] = category
-    _write_jsonl(base / "llava_textvqa_val_v051.jsonl", questions)
+    _write_jsonl(base / "llava_textvqa_val_v051_ocr.jsonl", questions)
     _write_json(base / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa",
                                                   "dataset_version": "0.5.1", "data": annotations})
     return categories
@@ -435,15 +515,16 @@ def write_mmbench(root: Path, seed: int, n: int, opts: SynthOptions) -> int:
 
 # ----------------------------------------------------------------------------------------------- entry
 
-def build_synth_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_pretrain: int | None = None,
-                     n_eval: int = 200, image_size: int = 128, lr_size: int = 32, fine_jitter: bool = True,
-                     force: bool = False) -> dict[str, object]:
+def build_synth_data(out_dir: str | Path, seed: int = 0, n_train: int = 4000, n_pretrain: int | None = None,
+                     n_eval: int = 200, turns: int = 3, image_size: int = 128, lr_size: int = 32,
+                     fine_jitter: bool = True, force: bool = False) -> dict[str, object]:
     """Write (or reuse) the whole synthetic data set under `out_dir`; returns the meta dict.
 
     Args:
         out_dir: root folder (created), e.g. `data/MGM-Tiny`.
         seed: seed of every random choice; the same arguments give byte-identical files.
         n_train: stage-2 samples (about 10% text-only); n_pretrain: stage-1 captions (default n_train // 2).
+        turns: question/answer turns per stage-2 image sample (different categories, 1-6).
         n_eval: questions per eval set (TextVQA, MMBench) and images of the MME set (two questions each).
         image_size: canvas side; use the model's `image_size_aux`. lr_size: the LR tower's input side.
         fine_jitter: move the digit and mark inside their panels (by whole cells).
@@ -458,11 +539,13 @@ def build_synth_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_
     for flag, value in (("--n-train", n_train), ("--n-pretrain", n_pretrain), ("--n-eval", n_eval)):
         if value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if not 1 <= turns <= len(CATEGORIES):
+        raise UserError(f"--turns must be between 1 and {len(CATEGORIES)}, got {turns}")
     root = Path(out_dir)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out {root} exists and is not a folder")
     request = {"format_version": SYNTH_FORMAT_VERSION, "seed": seed, "n_train": n_train, "n_pretrain": n_pretrain,
-               "n_eval": n_eval, "options": asdict(opts)}
+               "n_eval": n_eval, "turns": turns, "options": asdict(opts)}
     meta_path = root / "synth_meta.json"
     if not force and meta_path.is_file():
         try:
@@ -478,7 +561,7 @@ def build_synth_data(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_
         raise UserError(f"cannot create --out {root}: {exc.strerror or exc}") from None
     meta_path.unlink(missing_ok=True)  # a half-written set must never look complete
     pretrain = write_pretrain(root, seed, n_pretrain, opts)
-    finetune = write_finetune(root, seed, n_train, opts)
+    finetune = write_finetune(root, seed, n_train, opts, turns=turns)
     textvqa = write_textvqa(root, seed, n_eval, opts)
     mme = write_mme(root, seed, n_eval, opts)
     write_mmbench(root, seed, n_eval, opts)
@@ -502,9 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The tree and the question forms are described in `python -m pydoc mgm.zoo.synth`.")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="root folder (e.g. data/MGM-Tiny)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--n-train", type=int, default=2000, help="stage-2 instruction samples (default 2000)")
+    p.add_argument("--n-train", type=int, default=4000, help="stage-2 instruction samples (default 4000)")
     p.add_argument("--n-pretrain", type=int, default=None, help="stage-1 caption samples (default n-train / 2)")
     p.add_argument("--n-eval", type=int, default=200, help="questions per eval benchmark (default 200)")
+    p.add_argument("--turns", type=int, default=3, help="question turns per stage-2 image sample (default 3)")
     p.add_argument("--image-size", type=int, default=128,
                    help="canvas side; set it to the model's image_size_aux (default 128)")
     p.add_argument("--lr-size", type=int, default=32, help="the low-res tower's input side (default 32)")
@@ -518,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, build (or reuse), say where the data is."""
     args = build_parser().parse_args(argv)
     meta = build_synth_data(args.out, seed=args.seed, n_train=args.n_train, n_pretrain=args.n_pretrain,
-                            n_eval=args.n_eval, image_size=args.image_size, lr_size=args.lr_size,
+                            n_eval=args.n_eval, turns=args.turns, image_size=args.image_size, lr_size=args.lr_size,
                             fine_jitter=not args.no_jitter, force=args.force)
     counts = meta["counts"]
     print(f"synthetic data ready: {meta['root']} ({counts['pretrain']} captions, "  # type: ignore[index]

@@ -35,6 +35,7 @@ import base64
 import json
 import os
 import random
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,8 +46,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
 from mgm.errors import UserError, exit_on_user_error  # noqa: E402
-from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, run_benchmark,  # noqa: E402
-                             str2bool)
+from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, require_pandas,  # noqa: E402
+                             run_benchmark, str2bool)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MULTI_IMAGE_ANSWER = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
@@ -105,8 +106,7 @@ def _read_rows(kind: str, files: list[Path]) -> list[dict]:
     rows: list[dict] = []
     for file in files:
         if kind == "parquet":
-            import pandas as pd
-
+            pd = require_pandas()
             try:
                 frame = pd.read_parquet(file)
             except Exception as exc:  # pyarrow raises many types for a bad file
@@ -134,7 +134,9 @@ def load_mmmu(data_path: str, split: str, subjects: Sequence[str]) -> list[tuple
     """`(subject, subject folder, sample)` for every sample of `split`, subjects in the given order."""
     root = Path(os.path.expanduser(data_path))
     if not root.exists():
-        return _load_from_hub(data_path, split, subjects)
+        if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", data_path):  # looks like a hub id such as MMMU/MMMU
+            return _load_from_hub(data_path, split, subjects)
+        raise UserError(f"--data_path {data_path} does not exist")
     if not root.is_dir():
         raise UserError(f"--data_path {data_path} is not a folder")
     out: list[tuple[str, Path | None, dict]] = []
@@ -211,7 +213,8 @@ def mmmu_items(data_path: str, split: str, config: dict, seed: int,
         try:
             sample = construct_prompt(process_single_sample(row), config)
         except (KeyError, ValueError, IndexError, TypeError, AttributeError) as exc:
-            raise UserError(f"{where}: cannot build the prompt ({type(exc).__name__}: {exc}); is this MMMU data?") from None
+            raise UserError(f"{where}: cannot build the prompt ({type(exc).__name__}: {exc}); "
+                            "is this MMMU data?") from None
         sample_id = sample["id"]
         multiple_choice = sample["question_type"] == "multiple-choice"
 
@@ -269,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run MMMU; `model` lets a caller reuse an already loaded model."""
+def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """Run MMMU; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
     args = build_parser().parse_args(argv)
     config = load_config(args.config_path)
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
@@ -285,6 +287,12 @@ def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> R
     items = mmmu_items(args.data_path, args.split, config, args.seed, subjects)
     return run_benchmark(items, FORMAT, args, question_source=f"--data_path {args.data_path} (split {args.split})",
                          model=model)
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
+    return run(argv, model)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The `mgm` command (also `python -m mgm`): one entry point for the package's tools.
+
+Each subcommand forwards its remaining arguments to the tool's own `main(argv)`; the tool is imported
+only when its subcommand runs, so `mgm --help` is instant and a missing optional extra affects only
+the subcommands that need it. The original module entry points (`python -m mgm.serve.cli`, ...) keep
+working unchanged.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (subcommand words, module, what it does). Longest word sequences are matched first.
+COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("eval",), "mgm.eval.cli", "answer and score benchmarks: mgm eval textvqa --model-path PATH (--list)"),
+    (("zoo", "tiny"), "mgm.zoo.tiny", "build the tiny random model zoo: mgm zoo tiny --out DIR"),
+    (("chat",), "mgm.serve.cli", "chat with a checkpoint in the terminal (python -m mgm.serve.cli)"),
+    (("train",), "mgm.train.train", "train (python mgm/train/train.py flags)"),
+    (("inspect",), "mgm.data.inspect", "summarise a training data file"),
+    (("check",), "mgm.data.check", "validate a training data file before a long run"),
+    (("serve", "controller"), "mgm.serve.controller", "start the controller (python -m mgm.serve.controller)"),
+    (("serve", "worker"), "mgm.serve.model_worker", "start a model worker (python -m mgm.serve.model_worker)"),
+    (("serve", "web"), "mgm.serve.gradio_web_server", "start the web demo (python -m mgm.serve.gradio_web_server)"),
+)
+
+
+def usage() -> str:
+    lines = ["usage: mgm <command> [arguments...]", "", "commands:"]
+    for words, _, help_text in COMMANDS:
+        lines.append(f"  {' '.join(words):18s} {help_text}")
+    lines += ["", "Run `mgm <command> --help` for the command's own options."]
+    return "\n".join(lines)
+
+
+def _match(argv: list[str]) -> tuple[tuple[str, ...], str] | None:
+    for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0])):
+        if tuple(argv[: len(words)]) == words:
+            return words, module
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch `mgm <command> ...`; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    found = _match(args)
+    if found is None and args[0] == "zoo":  # `mgm zoo --out DIR` = `mgm zoo tiny --out DIR`
+        found = (("zoo",), "mgm.zoo.tiny")
+    if found is None:
+        groups = sorted({c[0][0] for c in COMMANDS})
+        near = [" ".join(c[0]) for c in COMMANDS if c[0][0] == args[0]]
+        hint = f"; did you mean: {', '.join(near)}" if near else f"; commands: {', '.join(groups)}"
+        print(f"error: unknown command {' '.join(args[:2])!r}{hint} (mgm --help)", file=sys.stderr)
+        return 2
+    words, module_name = found
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            print(f"error: `mgm {' '.join(words)}` is not available: module {module_name} is missing "
+                  "from this installation", file=sys.stderr)
+        else:
+            print(f"error: `mgm {' '.join(words)}` needs the package {exc.name!r}; install the matching "
+                  "extra, e.g. pip install 'mgm[all]'", file=sys.stderr)
+        return 2
+    entry = getattr(module, "main", None)
+    if entry is None:
+        print(f"error: {module_name} has no main(); cannot run `mgm {' '.join(words)}`", file=sys.stderr)
+        return 2
+    result = entry(args[len(words):])
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,626 @@
+"""The model worker: serves one loaded MGM model to the controller, the web demo and OpenAI clients.
+
+    python -m mgm.serve.model_worker --host 127.0.0.1 --port 21002 \
+        --controller http://127.0.0.1:21001 --worker http://127.0.0.1:21002 --model-path PATH
+
+Speaks the original protocol (MGM_SPEC §7.3): `POST /worker_generate_stream` takes `{prompt, images
+(base64), temperature, top_p, max_new_tokens, stop, gen_image, use_ocr}` and streams
+`{"text": prompt + answer_so_far, "error_code": 0}` JSON objects, each followed by a NUL byte;
+`POST /worker_get_status` answers `{model_names, speed, queue_length}` (plus `conv_template`, `ocr`,
+`gen` for clients that want them). It registers with the controller and sends heart beats.
+Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (mgm.serve.openai_api),
+`GET /health`, optional API key, body/image size limits, and these changes from the original:
+
+- concurrent requests are batched (mgm.serve.batcher; continuous batching: a request joins the
+  running batch at the next token) instead of generated one after another;
+  `--limit-model-concurrency` bounds how many are in flight (and the batch size);
+- OCR text and the `<GEN>` tag go at the end of the last user turn for every template (the original
+  looked for `###Assistant:` and misplaced them for vicuna_v1 and gemma, §10.24); OCR and the image
+  pipeline are only loaded with `--ocr` / `--gen`; `stop` may be absent;
+- the token budget counts the real number of image tokens (HD checkpoints use 5x576, §10.13);
+- a corrupt or oversized image is answered 400/413 with a JSON body that also carries `text` and
+  `error_code` (so original clients show an error instead of crashing);
+- a client that disconnects stops its generation; the worker keeps serving the others.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import functools
+import io
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import Response, StreamingResponse
+from PIL import Image
+
+from mgm.constants import DEFAULT_IMAGE_TOKEN, WORKER_HEART_BEAT_INTERVAL
+from mgm.conversation import conv_templates
+from mgm.errors import UserError, exit_on_user_error
+from mgm.serve.batcher import DynamicBatcher, Ticket
+from mgm.serve.engine import GenerationParams, InferenceEngine, Request as EngineRequest, context_limit
+from mgm.serve.logging_utils import build_logger
+from mgm.serve.protocol import (
+    ERROR_OK,
+    ERROR_WORKER,
+    EXCEEDS_MAX_TOKENS_MSG,
+    SERVER_ERROR_MSG,
+    GenerateParams,
+    RequestError,
+    encode_chunk,
+    error_chunk,
+    request_error_body,
+)
+from mgm.serve.security import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BodySizeLimitMiddleware,
+    ImagePolicy,
+    api_key_dependency,
+    auth_headers,
+    decode_base64_image,
+    install_error_handlers,
+)
+
+LOGGER_NAME = "mgm.serve.model_worker"
+API_KEY_ENV = "MGM_WORKER_API_KEY"  # the key clients must send to this worker (= the controller's --worker-api-key)
+CONTROLLER_API_KEY_ENV = "MGM_API_KEY"  # the controller's key, sent when registering / beating
+HEART_BEAT_RETRY = 5.0  # seconds between attempts while the controller cannot be reached (original: 5)
+GEN_TAG = " <GEN>"
+OCR_PREFIX = "\nReference OCR Token: "
+DEFAULT_GEN_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+# --- prompt editing ----------------------------------------------------------------------------------
+_PROBE = "\x00mgm-user-text\x00"
+
+
+@functools.lru_cache(maxsize=None)
+def assistant_tail(template: str) -> str:
+    """What a template renders after the end of the last user message when the assistant turn is open.
+
+    E.g. vicuna_v1 " ASSISTANT:", gemma "<end_of_turn>\\n<start_of_turn>model\\n", mistral " [/INST]".
+    """
+    conv = conv_templates[template].copy()
+    conv.append_message(conv.roles[0], _PROBE)
+    conv.append_message(conv.roles[1], None)
+    prompt = conv.get_prompt()
+    return prompt[prompt.rindex(_PROBE) + len(_PROBE):]
+
+
+def add_content(prompt: str, content: str, template: str | None = None) -> str:
+    """Insert `content` at the end of the last user message of a fully templated `prompt`.
+
+    The template is recognised by the assistant marker the prompt ends with (`template`, the model's
+    own, is tried first; then the longest marker of any known template). Prompts that end otherwise
+    fall back to the original's markers (`" [/INST]"`, `<|im_end|>`, `###Assistant:`), and finally to
+    appending at the end.
+    """
+    stripped = prompt.rstrip()
+    names = ([template] if template in conv_templates else []) + sorted(
+        conv_templates, key=lambda name: -len(assistant_tail(name).strip()))
+    for name in names:
+        tail = assistant_tail(name).rstrip()
+        if not tail.strip():  # e.g. the plain template: no marker to recognise
+            continue
+        if stripped.endswith(tail):
+            cut = len(stripped) - len(tail)
+            return prompt[:cut] + content + prompt[cut:]
+    for marker in (" [/INST]", "<|im_end|>", "###Assistant:"):
+        cut = prompt.rfind(marker)
+        if cut != -1:
+            return prompt[:cut] + content + prompt[cut:]
+    return prompt + content
+
+
+def image_to_jpeg_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# --- settings ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the worker needs; the CLI flags map 1:1 onto these fields (see build_parser)."""
+
+    model_path: str = ""
+    model_base: str | None = None
+    model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 21002
+    worker_address: str = "http://127.0.0.1:21002"
+    controller_address: str = "http://127.0.0.1:21001"
+    device: str = "auto"
+    load_8bit: bool = False
+    load_4bit: bool = False
+    use_flash_attn: bool = False
+    conv_mode: str | None = None
+    limit_model_concurrency: int = 5
+    max_batch_size: int | None = None
+    batch_window: float = 0.02
+    batching: str = "continuous"
+    stream_interval: int = 1
+    chunk_interval: float = 0.02
+    no_register: bool = False
+    heart_beat_interval: float = float(WORKER_HEART_BEAT_INTERVAL)
+    api_key: str | None = None
+    controller_api_key: str | None = None
+    allow_remote_images: bool = False
+    allow_local_images: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ocr: bool = False
+    ocr_backend: str = "auto"
+    gen: bool = False
+    gen_model_path: str = DEFAULT_GEN_MODEL
+    gen_cpu_offload: bool = False
+    num_threads: int | None = None
+    log_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.load_8bit and self.load_4bit:
+            raise UserError("--load-8bit and --load-4bit are mutually exclusive")
+        if self.limit_model_concurrency < 1:
+            raise UserError(f"--limit-model-concurrency must be >= 1, got {self.limit_model_concurrency}")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise UserError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.batching not in ("continuous", "window"):
+            raise UserError(f"--batching {self.batching!r} must be continuous or window")
+        if self.batch_window < 0:
+            raise UserError(f"--batch-window-ms must be >= 0, got {self.batch_window * 1000:g}")
+        if self.chunk_interval < 0:
+            raise UserError(f"--chunk-interval-ms must be >= 0, got {self.chunk_interval * 1000:g}")
+        if self.stream_interval < 1:
+            raise UserError(f"--stream-interval must be >= 1, got {self.stream_interval}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"--num-threads must be >= 1, got {self.num_threads}")
+        if self.heart_beat_interval <= 0:
+            raise UserError(f"--heart-beat-interval must be > 0, got {self.heart_beat_interval}")
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
+        if self.conv_mode is not None and self.conv_mode not in conv_templates:
+            raise UserError(f"--conv-mode {self.conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
+        for flag, url in (("--worker-address", self.worker_address), ("--controller-address", self.controller_address)):
+            if not url.startswith(("http://", "https://")):
+                raise UserError(f"{flag} {url!r} must be an http(s) URL, e.g. http://127.0.0.1:PORT")
+
+    @property
+    def batch_size(self) -> int:
+        return self.max_batch_size or self.limit_model_concurrency
+
+
+# --- the worker --------------------------------------------------------------------------------------
+class ModelWorker:
+    """One loaded model behind the worker protocol: batching, queue accounting, registration, beats."""
+
+    def __init__(self, settings: WorkerSettings, engine: InferenceEngine, *, model_name: str, conv_mode: str,
+                 ocr: Any = None, pipe: Any = None, logger: logging.Logger | None = None,
+                 worker_id: str | None = None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.model_name = model_name
+        self.conv_mode = conv_mode
+        self.ocr = ocr
+        self.pipe = pipe
+        self.worker_id = worker_id or uuid.uuid4().hex[:6]
+        self.logger = logger or logging.getLogger(LOGGER_NAME)
+        self.worker_address = settings.worker_address.rstrip("/")
+        self.controller_address = settings.controller_address.rstrip("/")
+        self.image_policy = ImagePolicy(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                                        allow_local_files=settings.allow_local_images,
+                                        allow_remote=settings.allow_remote_images)
+        self.batcher = DynamicBatcher(engine, max_batch_size=settings.batch_size, batch_window=settings.batch_window,
+                                      logger=self.logger, continuous=settings.batching == "continuous")
+        for stop in conv_templates[conv_mode].stop_strings():
+            engine.add_eos_token(stop)  # e.g. <|eot_id|> for llama_3, <|im_end|> for ChatML
+        self.chunk_interval = settings.chunk_interval
+        self.registered = False
+        self._in_flight = 0  # requests waiting for a slot or generating (the heart beat's queue_length)
+        self._semaphore: asyncio.Semaphore | None = None
+        self._beat_now = threading.Event()
+        self._stop_beats = threading.Event()
+        self._beat_thread: threading.Thread | None = None
+        self._warned: set[str] = set()
+
+    @classmethod
+    def load(cls, settings: WorkerSettings, logger: logging.Logger | None = None,
+             worker_id: str | None = None) -> ModelWorker:
+        """Load the model (and OCR / the image pipeline when enabled) as `settings` say."""
+        from mgm.conversation import template_for_model_config
+        from mgm.mm_utils import get_model_name_from_path
+        from mgm.model.builder import load_pretrained_model
+
+        logger = logger or logging.getLogger(LOGGER_NAME)
+        if not settings.model_path:
+            raise UserError("--model-path is required")
+        model_name = settings.model_name or get_model_name_from_path(settings.model_path)
+        logger.info("Loading the model %s on worker %s ...", model_name, worker_id)
+        tokenizer, model, image_processor, context_len = load_pretrained_model(
+            settings.model_path, settings.model_base, model_name, settings.load_8bit, settings.load_4bit,
+            device=settings.device, use_flash_attn=settings.use_flash_attn)
+        conv_mode = settings.conv_mode or template_for_model_config(model.config, tokenizer)
+        engine = InferenceEngine(tokenizer, model, image_processor, context_len)
+        ocr = pipe = None
+        if settings.ocr:
+            from mgm.serve.ocr import build_ocr
+
+            ocr = build_ocr(settings.ocr_backend, settings.device)
+            logger.info("OCR engine: %s", ocr.name)
+        if settings.gen:
+            from mgm.serve.imagegen import load_pipeline
+
+            pipe = load_pipeline(settings.gen_model_path, device=settings.device, cpu_offload=settings.gen_cpu_offload)
+            logger.info("image generation pipeline: %s", settings.gen_model_path)
+        return cls(settings, engine, model_name=model_name, conv_mode=conv_mode, ocr=ocr, pipe=pipe,
+                   logger=logger, worker_id=worker_id)
+
+    # -- status / queue ---------------------------------------------------------------------------
+    @property
+    def queue_length(self) -> int:
+        return self._in_flight
+
+    def status(self) -> dict[str, Any]:
+        return {"model_names": [self.model_name], "speed": 1, "queue_length": self.queue_length,
+                "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
+                "batching": self.batcher.stats()}
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for one of `--limit-model-concurrency` slots; counts in the queue length meanwhile."""
+        if self._semaphore is None:
+            raise RuntimeError("the worker is not started")
+        self._in_flight += 1
+        try:
+            async with self._semaphore:
+                self._beat_now.set()  # as the original: a beat when a request starts ...
+                yield
+        finally:
+            self._in_flight -= 1
+            self._beat_now.set()  # ... and when it ends
+
+    def submit(self, request: EngineRequest) -> Ticket:
+        return self.batcher.submit_async(request)
+
+    def expect(self) -> int:
+        """Announce a request still being prepared (the batcher waits a little for it)."""
+        return self.batcher.expect()
+
+    def fulfil(self, token: int | None) -> None:
+        self.batcher.fulfil(token)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start batching, register with the controller and start heart beats (inside the server loop)."""
+        self._semaphore = asyncio.Semaphore(self.settings.limit_model_concurrency)
+        self.batcher.start()
+        if not self.settings.no_register:
+            await asyncio.to_thread(self.register)
+            self._stop_beats.clear()
+            self._beat_thread = threading.Thread(target=self._heart_beat_loop, name="mgm-heart-beat", daemon=True)
+            self._beat_thread.start()
+
+    async def stop(self) -> None:
+        self._stop_beats.set()
+        self._beat_now.set()
+        if self._beat_thread is not None:
+            await asyncio.to_thread(self._beat_thread.join, 10)
+            self._beat_thread = None
+        await asyncio.to_thread(self.batcher.stop)
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0, connect=5.0),
+                            headers=auth_headers(self.settings.controller_api_key))
+
+    def register(self, client: httpx.Client | None = None) -> bool:
+        """POST /register_worker (with our status) to the controller; False (logged) on failure."""
+        body = {"worker_name": self.worker_address, "check_heart_beat": True, "worker_status": self.status()}
+        try:
+            with contextlib.nullcontext(client) if client is not None else self._client() as http:
+                response = http.post(self.controller_address + "/register_worker", json=body)
+        except httpx.HTTPError as exc:
+            self.logger.error("cannot register with the controller %s (%s: %s); retrying every %g s",
+                              self.controller_address, type(exc).__name__, exc, HEART_BEAT_RETRY)
+            self.registered = False
+            return False
+        if response.status_code != 200:
+            self.logger.error("the controller %s refused the registration: HTTP %s %s", self.controller_address,
+                              response.status_code, response.text[:300])
+            self.registered = False
+            return False
+        self.logger.info("registered with the controller %s as %s", self.controller_address, self.worker_address)
+        self.registered = True
+        return True
+
+    def send_heart_beat(self, client: httpx.Client | None = None) -> bool:
+        """One beat; re-registers when the controller forgot us. False when the controller is unreachable."""
+        if not self.registered:
+            return self.register(client)
+        body = {"worker_name": self.worker_address, "queue_length": self.queue_length}
+        try:
+            with contextlib.nullcontext(client) if client is not None else self._client() as http:
+                response = http.post(self.controller_address + "/receive_heart_beat", json=body)
+            exist = bool(response.json().get("exist")) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError) as exc:
+            self.logger.error("heart beat to %s failed: %s: %s", self.controller_address, type(exc).__name__, exc)
+            return False
+        if exist is None:
+            self.logger.error("heart beat refused by %s: HTTP %s", self.controller_address, response.status_code)
+            return False
+        if not exist:
+            self.logger.info("the controller does not know this worker any more; registering again")
+            return self.register(client)
+        return True
+
+    def _heart_beat_loop(self) -> None:
+        with self._client() as client:  # one connection pool for the thread's life
+            while not self._stop_beats.is_set():
+                timeout = self.settings.heart_beat_interval if self.registered else HEART_BEAT_RETRY
+                woken = self._beat_now.wait(timeout)
+                self._beat_now.clear()
+                if self._stop_beats.is_set():
+                    break
+                if not self.send_heart_beat(client):
+                    self._stop_beats.wait(HEART_BEAT_RETRY)
+                elif woken:
+                    self._stop_beats.wait(0.2)  # coalesce the beats of a burst of requests
+
+    # -- generation (original protocol) -----------------------------------------------------------
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.logger.warning(message)
+
+    def decode_images(self, images: list[str]) -> list[Image.Image]:
+        return [decode_base64_image(b64, self.image_policy, mode="RGB", what=f"images[{i}]")
+                for i, b64 in enumerate(images)]
+
+    async def generate_stream(self, params: GenerateParams, images: list[Image.Image],
+                              expected: int | None = None) -> AsyncIterator[bytes]:
+        """The NUL-delimited chunks for one request (errors become one `error_code: 1` chunk).
+
+        `expected`: the token from `expect()` taken when the request arrived (released at submission).
+        """
+        try:
+            async with self.slot():
+                try:
+                    async for chunk in self._generate(params, images, expected):
+                        yield chunk
+                except (UserError, ValueError) as exc:
+                    self.logger.info("request failed: %s", exc)
+                    yield error_chunk(ERROR_WORKER, SERVER_ERROR_MSG)
+                except Exception:
+                    self.logger.exception("generation failed")
+                    yield error_chunk(ERROR_WORKER, SERVER_ERROR_MSG)
+        finally:
+            self.fulfil(expected)
+
+    async def _generate(self, params: GenerateParams, images: list[Image.Image],
+                        expected: int | None = None) -> AsyncIterator[bytes]:
+        ori_prompt = prompt = params.prompt
+        n_tags = prompt.count(DEFAULT_IMAGE_TOKEN)
+        if n_tags != len(images):
+            raise ValueError(f"the prompt has {n_tags} <image> tags but {len(images)} images were sent")
+        gen = params.gen_image and self.pipe is not None
+        if params.gen_image and self.pipe is None:
+            self._warn_once("gen", "gen_image requested but this worker runs without --gen; ignored")
+        if gen:
+            prompt = add_content(prompt, GEN_TAG, self.conv_mode)
+        if params.use_ocr and images:
+            if self.ocr is None:
+                self._warn_once("ocr", "use_ocr requested but this worker runs without --ocr; ignored")
+            else:
+                texts = await asyncio.to_thread(lambda: [self.ocr.read(image) for image in images])
+                joined = ", ".join(t for t in texts if t)  # the original glued images' texts together
+                if joined:
+                    prompt = add_content(prompt, OCR_PREFIX + joined + "\n", self.conv_mode)
+        request = EngineRequest(prompt, images, GenerationParams(
+            temperature=params.temperature, top_p=params.top_p, max_new_tokens=1,
+            stop=[params.stop] if params.stop else []))
+        # budget as the original: context - prompt ids (one placeholder per image) - image tokens
+        prompt_ids = await asyncio.to_thread(self.engine.encode_prompt, request)
+        budget = context_limit(self.engine) - int(prompt_ids.shape[-1]) - len(images) * self.engine.num_image_tokens()
+        max_new_tokens = min(params.max_new_tokens, budget)
+        if max_new_tokens < 1:
+            yield encode_chunk({"text": ori_prompt + EXCEEDS_MAX_TOKENS_MSG, "error_code": ERROR_OK})
+            return
+        request.params.max_new_tokens = max_new_tokens
+        ticket = self.submit(request)
+        self.fulfil(expected)
+        generated = ""
+        pending = 0
+        async for piece in ticket.updates(self.chunk_interval):
+            generated += piece
+            pending += 1
+            if pending >= self.settings.stream_interval:
+                pending = 0
+                yield encode_chunk({"text": ori_prompt + generated, "error_code": ERROR_OK})
+        if pending or not generated:
+            yield encode_chunk({"text": ori_prompt + generated, "error_code": ERROR_OK})
+        if gen:
+            from mgm.serve.imagegen import generate_image, hidden_prompt
+
+            sd_prompt = hidden_prompt(generated, last=False)
+            if sd_prompt is not None:
+                image = await asyncio.to_thread(generate_image, self.pipe, sd_prompt)
+                b64 = await asyncio.to_thread(image_to_jpeg_base64, image)
+                text = ori_prompt + generated.split("<h>")[0] + "\nPrompt: " + sd_prompt + "\n"
+                yield encode_chunk({"text": text, "image": b64, "error_code": ERROR_OK})
+
+
+# --- app ---------------------------------------------------------------------------------------------
+def create_app(worker: ModelWorker) -> FastAPI:
+    """The worker's FastAPI app; its lifespan starts/stops the batcher, registration and heart beats."""
+    from mgm.serve.openai_api import build_openai_router
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app = FastAPI(title="mgm model worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes)
+    dependencies = [Depends(api_key_dependency(worker.settings.api_key))]
+    router = APIRouter(dependencies=dependencies)
+
+    @router.post("/worker_generate_stream")
+    async def worker_generate_stream(params: GenerateParams) -> Response:
+        expected = worker.expect()
+        try:
+            images = await asyncio.to_thread(worker.decode_images, params.images)
+        except RequestError as exc:
+            worker.fulfil(expected)
+            # JSON for HTTP-aware clients, plus text/error_code so original clients show an error chunk
+            body = {"text": SERVER_ERROR_MSG, "error_code": ERROR_WORKER, **request_error_body(exc)}
+            return Response(json.dumps(body), status_code=exc.status_code, media_type="application/json")
+        except BaseException:
+            worker.fulfil(expected)
+            raise
+        return StreamingResponse(worker.generate_stream(params, images, expected))
+
+    @router.post("/worker_get_status")
+    async def worker_get_status() -> dict[str, Any]:
+        return worker.status()
+
+    app.include_router(router)
+    app.include_router(build_openai_router(worker, worker.logger), dependencies=dependencies)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": worker.model_name, "queue_length": worker.queue_length}
+
+    return app
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mgm.serve.model_worker",
+        description="Serve one MGM model: the original worker protocol for the controller and the web demo, "
+                    "plus an OpenAI-compatible /v1/chat/completions. Concurrent requests are batched.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=21002, help="TCP port (default 21002)")
+    p.add_argument("--worker-address", "--worker", default=None,
+                   help="this worker's URL as the controller reaches it (default http://<host>:<port>)")
+    p.add_argument("--controller-address", "--controller", default="http://127.0.0.1:21001",
+                   help="the controller's URL (default http://127.0.0.1:21001)")
+    p.add_argument("--model-path", required=True, help="MGM checkpoint folder (or hub id)")
+    p.add_argument("--model-base", default=None, help="base LLM for projector-only or LoRA folders")
+    p.add_argument("--model-name", default=None,
+                   help="name clients ask for (default: the last part of --model-path, run_checkpoint-N for "
+                        "checkpoint folders)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--multi-modal", action="store_true", help="deprecated and ignored (kept for old scripts)")
+    p.add_argument("--conv-mode", default=None,
+                   help="prompt template for /v1 requests and OCR/GEN placement (default: from the model config)")
+    p.add_argument("--limit-model-concurrency", type=int, default=5,
+                   help="requests generated at once (batched); more wait in a queue (default 5)")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="most requests in one batched generation (default: --limit-model-concurrency)")
+    p.add_argument("--batching", choices=("continuous", "window"), default="continuous",
+                   help="continuous (default): requests join and leave the running batch between tokens; "
+                        "window: requests that arrive together are generated together, one batch at a time")
+    p.add_argument("--batch-window-ms", type=float, default=20.0,
+                   help="an idle worker gathers requests until none arrives for this long (default 20)")
+    p.add_argument("--stream-interval", type=int, default=1,
+                   help="send a stream chunk every N text updates (default 1: every update)")
+    p.add_argument("--chunk-interval-ms", type=float, default=20.0,
+                   help="gather a stream's new text for up to this long between chunks (default 20; 0 = a chunk "
+                        "per token). Fewer chunks keep many concurrent streams cheap")
+    p.add_argument("--no-register", action="store_true", help="do not register with the controller")
+    p.add_argument("--heart-beat-interval", type=float, default=float(WORKER_HEART_BEAT_INTERVAL),
+                   help=f"seconds between heart beats to the controller (default {WORKER_HEART_BEAT_INTERVAL})")
+    p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
+    p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
+    p.add_argument("--use-flash-attn", action="store_true", help="flash-attention 2 (CUDA + flash-attn installed)")
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+                   help=f"require this key from clients (Authorization: Bearer or x-api-key) on every route but "
+                        f"GET /health (default: ${API_KEY_ENV}; give the controller the same --worker-api-key)")
+    p.add_argument("--controller-api-key", default=os.environ.get(CONTROLLER_API_KEY_ENV) or None,
+                   help=f"the controller's --api-key, sent when registering (default: ${CONTROLLER_API_KEY_ENV})")
+    p.add_argument("--allow-remote-images", action="store_true",
+                   help="let /v1 clients send http(s) image URLs for the worker to fetch (default: refused)")
+    p.add_argument("--allow-local-images", action="store_true",
+                   help="let /v1 clients name image files on this machine (default: refused)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"refuse larger request bodies with 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES,
+                   help=f"refuse larger image files with 413 (default {DEFAULT_MAX_IMAGE_BYTES})")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help=f"refuse images with more pixels with 413 (default {DEFAULT_MAX_IMAGE_PIXELS})")
+    p.add_argument("--ocr", action="store_true", help="load an OCR engine so requests with use_ocr get OCR hints")
+    p.add_argument("--ocr-backend", default="auto", choices=("auto", "rapidocr", "paddle"),
+                   help="OCR engine (default auto: PaddleOCR with local model folders if configured, else rapidocr)")
+    p.add_argument("--gen", action="store_true",
+                   help="load a text-to-image pipeline so requests with gen_image return a generated picture")
+    p.add_argument("--gen-model-path", default=DEFAULT_GEN_MODEL,
+                   help=f"diffusers pipeline folder or hub id for --gen (default {DEFAULT_GEN_MODEL})")
+    p.add_argument("--gen-cpu-offload", action="store_true", help="keep the --gen pipeline on the CPU between uses (CUDA)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice). On a shared or small CPU, 1 avoids "
+                        "OpenMP threads fighting other processes")
+    p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else .)")
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
+    """Command-line arguments → WorkerSettings (raises UserError on bad values)."""
+    return settings_from_args(build_parser().parse_args(argv))
+
+
+def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
+    """Parsed flags → WorkerSettings."""
+    worker_address = a.worker_address or f"http://{'127.0.0.1' if a.host in ('0.0.0.0', '::') else a.host}:{a.port}"
+    return WorkerSettings(
+        model_path=a.model_path, model_base=a.model_base, model_name=a.model_name, host=a.host, port=a.port,
+        worker_address=worker_address, controller_address=a.controller_address, device=a.device,
+        load_8bit=a.load_8bit, load_4bit=a.load_4bit, use_flash_attn=a.use_flash_attn, conv_mode=a.conv_mode,
+        limit_model_concurrency=a.limit_model_concurrency, max_batch_size=a.max_batch_size,
+        batch_window=a.batch_window_ms / 1000.0, batching=a.batching, stream_interval=a.stream_interval,
+        chunk_interval=a.chunk_interval_ms / 1000.0, no_register=a.no_register,
+        heart_beat_interval=a.heart_beat_interval, api_key=a.api_key, controller_api_key=a.controller_api_key,
+        allow_remote_images=a.allow_remote_images, allow_local_images=a.allow_local_images,
+        max_body_bytes=a.max_body_bytes, max_image_bytes=a.max_image_bytes, max_image_pixels=a.max_image_pixels,
+        ocr=a.ocr, ocr_backend=a.ocr_backend, gen=a.gen, gen_model_path=a.gen_model_path,
+        gen_cpu_offload=a.gen_cpu_offload, num_threads=a.num_threads, log_dir=a.log_dir)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = settings_from_args(args)
+    worker_id = uuid.uuid4().hex[:6]
+    logger = build_logger(LOGGER_NAME, f"model_worker_{worker_id}.log", settings.log_dir)
+    if args.multi_modal:
+        logger.warning("--multi-modal is deprecated and ignored: multimodal support is detected from the model")
+    logger.info("args: %s", {k: ("***" if "key" in k and v else v) for k, v in vars(settings).items()})
+    if settings.num_threads:
+        import torch
+
+        torch.set_num_threads(settings.num_threads)
+    worker = ModelWorker.load(settings, logger, worker_id)
+    import uvicorn  # imported here: only the running server needs it
+
+    uvicorn.run(create_app(worker), host=settings.host, port=settings.port, log_level="info",
+                timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/bin/bash
+# MGM-7B without ConvNeXt drop-path (--drop_path False in both stages), 2 nodes (hostfile).
+# Run from anywhere: bash scripts/llama/train/stage_1_2_full_v7b_336_hr_768_nodp.sh  (environment overrides: see scripts/train_common.sh)
+set -e
+source "$(dirname "${BASH_SOURCE[0]}")/../../train_common.sh"
+
+# Stage 1 (MGM-7B-Pretrain-nodp): global batch 16 per GPU x 1 accumulation x 16 GPUs = 256
+mgm_stage1 hostfile \
+    --deepspeed scripts/zero2_offload.json \
+    --model_name_or_path "$MODEL_ZOO/LLM/vicuna/7B-V1.5" \
+    --version plain \
+    --image_size_aux 768 \
+    --per_device_train_batch_size 16 \
+    --gradient_accumulation_steps 1 \
+    --learning_rate 1e-3 \
+    --model_max_length 2048 \
+    --drop_path False \
+    --output_dir "$WORK_DIRS/MGM-7B-Pretrain-nodp"
+
+# Stage 2 (MGM-7B-nodp, instruction tuning): global batch 8 per GPU x 1 accumulation x 16 GPUs = 128
+mgm_stage2 hostfile \
+    --deepspeed scripts/zero2_offload.json \
+    --model_name_or_path "$MODEL_ZOO/LLM/vicuna/7B-V1.5" \
+    --version v1 \
+    --pretrain_mm_mlp_adapter "$WORK_DIRS/MGM-7B-Pretrain-nodp/mm_projector.bin" \
+    --image_size_aux 768 \
+    --per_device_train_batch_size 8 \
+    --gradient_accumulation_steps 1 \
+    --learning_rate 2e-5 \
+    --model_max_length 2048 \
+    --drop_path False \
+    --output_dir "$WORK_DIRS/MGM-7B-nodp"

@@ -1,0 +1,31 @@
+#!/bin/bash
+# MGM-34B (Nous-Hermes-2-Yi-34B, LR 336 + HR 768): stage 1 then stage 2 on 4 nodes (hostfile_4), ZeRO-3.
+# Run from anywhere: bash scripts/yi/train/stage_1_2_full_yi34b_336_hr_768.sh  (environment overrides: see scripts/train_common.sh)
+set -e
+source "$(dirname "${BASH_SOURCE[0]}")/../../train_common.sh"
+
+# Stage 1 (MGM-34B-Pretrain): global batch 8 per GPU x 1 accumulation x 32 GPUs = 256
+mgm_stage1 hostfile_4 \
+    --deepspeed scripts/zero3.json \
+    --model_name_or_path "$MODEL_ZOO/LLM/Nous-Hermes-2-Yi-34B" \
+    --version plain \
+    --image_size_aux 768 \
+    --per_device_train_batch_size 8 \
+    --gradient_accumulation_steps 1 \
+    --learning_rate 1e-3 \
+    --model_max_length 2048 \
+    --output_dir "$WORK_DIRS/MGM-34B-Pretrain"
+
+# Stage 2 (MGM-34B, instruction tuning): global batch 4 per GPU x 1 accumulation x 32 GPUs = 128
+mgm_stage2 hostfile_4 \
+    --deepspeed scripts/zero3.json \
+    --model_name_or_path "$MODEL_ZOO/LLM/Nous-Hermes-2-Yi-34B" \
+    --version chatml_direct \
+    --pretrain_mm_mlp_adapter "$WORK_DIRS/MGM-34B-Pretrain/mm_projector.bin" \
+    --image_size_aux 768 \
+    --per_device_train_batch_size 4 \
+    --gradient_accumulation_steps 1 \
+    --learning_rate 1e-5 \
+    --model_max_length 2048 \
+    --lr_multi "model.mm_projector:2,model.vlm_uni:2" \
+    --output_dir "$WORK_DIRS/MGM-34B"
