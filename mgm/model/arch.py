@@ -275,7 +275,10 @@ class MGMMetaForCausalLM:
         for ids, lab in zip(rows_ids, rows_labels):
             where = torch.nonzero(ids == IMAGE_TOKEN_INDEX, as_tuple=True)[0].tolist()
             if not where:
-                new_embeds.append(torch.cat([embed(ids), features[k][0:0].to(embed.weight.device)], dim=0))
+                # The empty slice keeps the row's image features in the graph: under ZeRO-3 every rank
+                # must run the same backward ops, or gradient reduction waits forever.
+                te = embed(ids)
+                new_embeds.append(torch.cat([te, features[k][0:0].to(te.device)], dim=0))
                 new_labels.append(lab)
                 k += 1
                 continue
