@@ -98,3 +98,166 @@ mgm_judge_args() {
     if [ -n "${OPENAIBASE:-}" ]; then MGM_JUDGE+=(--api_base "$OPENAIBASE"); fi
     if [ -n "${JUDGE_MODEL:-}" ]; then MGM_JUDGE+=(--llm_engine "$JUDGE_MODEL"); fi
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# One function per benchmark: the body every family's scripts/<family>/eval/<benchmark>.sh runs after
+# mgm_eval_init. Each takes
+#   LAUNCH           how the answer runner starts, as the family's original script did:
+#                      shards    one shard per GPU (one process on CPU), merged into <answers>/merge.jsonl
+#                      single    one process on all visible GPUs (Mixtral, spread over them)
+#                      single:N  one process on GPU N (else the first visible GPU; CPU without GPUs)
+#                    TextVQA, MM-Vet, MMMU and MathVista take all three (single writes <answers>/merge.jsonl
+#                    itself); MME and MMBench answer in one process, so only single or single:N.
+#   RUNNER_ARGS...   more runner flags of that family (e.g. --load_8bit True), passed just before --conv-mode.
+
+# mgm_launch_gpu LAUNCH: MGM_GPU = the GPU argument of mgm_run_single for a single-process LAUNCH
+# ("single" -> "" = all visible GPUs, "single:N" -> N); stops the script for any other LAUNCH.
+mgm_launch_gpu() {
+    case "$1" in
+        single) MGM_GPU="" ;;
+        single:*) MGM_GPU="${1#single:}" ;;
+        *) echo "error: launch '$1' is not single or single:GPU" >&2; exit 1 ;;
+    esac
+}
+
+# mgm_launch LAUNCH ANSWERS_DIR RUNNER_ARGS...: the answer step of a benchmark whose answers end up in
+# ANSWERS_DIR/merge.jsonl: mgm_run_shards for "shards", else mgm_run_single straight into merge.jsonl.
+mgm_launch() {
+    local launch="$1" answers="$2"; shift 2
+    if [ "$launch" = "shards" ]; then
+        mgm_run_shards "$answers" "$@"
+    else
+        mgm_launch_gpu "$launch"
+        mgm_run_single "$answers/merge.jsonl" "$MGM_GPU" "$@"
+    fi
+}
+
+# mgm_vqa_args MODULE QUESTION_FILE IMAGE_FOLDER [RUNNER_ARGS...]: MGM_ARGS = the command line (after $PYTHON)
+# of the answer runner MODULE that TextVQA, MME, MM-Vet and MathVista share, greedy, RUNNER_ARGS before --conv-mode.
+mgm_vqa_args() {
+    local module="$1" questions="$2" images="$3"; shift 3
+    MGM_ARGS=(-m "$module" --model-path "$MODEL_PATH" --question-file "$questions" --image-folder "$images"
+              --temperature 0 "$@" --conv-mode "$CONV_MODE")
+}
+
+# mgm_eval_textvqa LAUNCH [RUNNER_ARGS...]: TextVQA val answers into $WORK_DIR/textvqa/answers/$CKPT, then
+# the accuracy (mgm.eval.eval_textvqa).
+mgm_eval_textvqa() {
+    local launch="$1"; shift
+    local answers="$WORK_DIR/textvqa/answers/$CKPT"
+    mgm_vqa_args mgm.eval.model_vqa_loader "$DATA_ROOT/textvqa/llava_textvqa_val_v051_ocr.jsonl" \
+        "$DATA_ROOT/textvqa/train_images" "$@"
+    mgm_launch "$launch" "$answers" "${MGM_ARGS[@]}"
+
+    "$PYTHON" -m mgm.eval.eval_textvqa \
+        --annotation-file "$DATA_ROOT/textvqa/TextVQA_0.5.1_val.json" \
+        --result-file "$answers/merge.jsonl"
+}
+
+# mgm_eval_mmbench LAUNCH [RUNNER_ARGS...]: MMBench split $SPLIT (default mmbench_dev_20230712) answers into
+# $DATA_ROOT/mmbench/answers/$SPLIT/$CKPT.jsonl, then the submission file in answers_upload/$SPLIT.
+mgm_eval_mmbench() {
+    mgm_launch_gpu "$1"; shift
+    local split="${SPLIT:-mmbench_dev_20230712}"
+
+    mgm_run_single "$DATA_ROOT/mmbench/answers/$split/$CKPT.jsonl" "$MGM_GPU" -m mgm.eval.model_vqa_mmbench \
+        --model-path "$MODEL_PATH" \
+        --question-file "$DATA_ROOT/mmbench/$split.tsv" \
+        --single-pred-prompt \
+        --temperature 0 \
+        "$@" --conv-mode "$CONV_MODE"
+
+    mkdir -p "$DATA_ROOT/mmbench/answers_upload/$split"
+
+    "$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmbench_for_submission.py" \
+        --annotation-file "$DATA_ROOT/mmbench/$split.tsv" \
+        --result-dir "$DATA_ROOT/mmbench/answers/$split" \
+        --upload-dir "$DATA_ROOT/mmbench/answers_upload/$split" \
+        --experiment "$CKPT"
+}
+
+# mgm_eval_mme LAUNCH [RUNNER_ARGS...]: MME answers into $DATA_ROOT/MME/answers/$CKPT.jsonl, then the MME
+# kit's conversion + calculation (perception / cognition scores) in one command (mgm.eval.eval_mme).
+mgm_eval_mme() {
+    mgm_launch_gpu "$1"; shift
+    local answers="$DATA_ROOT/MME/answers/$CKPT.jsonl"
+    mgm_vqa_args mgm.eval.model_vqa_loader "$DATA_ROOT/MME/llava_mme.jsonl" \
+        "$DATA_ROOT/MME/MME_Benchmark_release_version" "$@"
+    mgm_run_single "$answers" "$MGM_GPU" "${MGM_ARGS[@]}"
+
+    "$PYTHON" -m mgm.eval.eval_mme \
+        --answers-file "$answers" \
+        --mme-root "$DATA_ROOT/MME/MME_Benchmark_release_version" \
+        --results-dir "$DATA_ROOT/MME/eval_tool/answers/$CKPT"
+}
+
+# mgm_eval_mmvet LAUNCH [RUNNER_ARGS...]: MM-Vet answers into $DATA_ROOT/mm-vet/answers/$CKPT, then the input
+# of the official MM-Vet GPT-4 grader, $DATA_ROOT/mm-vet/results/$CKPT/$CKPT.json.
+mgm_eval_mmvet() {
+    local launch="$1"; shift
+    local answers="$DATA_ROOT/mm-vet/answers/$CKPT"
+    mgm_vqa_args mgm.eval.model_vqa "$DATA_ROOT/mm-vet/llava-mm-vet.jsonl" \
+        "$DATA_ROOT/mm-vet/images" "$@"
+    mgm_launch "$launch" "$answers" "${MGM_ARGS[@]}"
+
+    mkdir -p "$DATA_ROOT/mm-vet/results/$CKPT"
+
+    "$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmvet_for_eval.py" \
+        --src "$answers/merge.jsonl" \
+        --dst "$DATA_ROOT/mm-vet/results/$CKPT/$CKPT.json"
+}
+
+# mgm_mmmu_answers LAUNCH ANSWERS_DIR SPLIT [RUNNER_ARGS...]: the MMMU answer step (run_llava.py with the
+# llava1.5 config) of SPLIT ("validation" or "test") into ANSWERS_DIR.
+mgm_mmmu_answers() {
+    local launch="$1" answers="$2" split="$3"; shift 3
+    mgm_launch "$launch" "$answers" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/run_llava.py" \
+        --data_path "$DATA_ROOT/MMMU" \
+        --config_path "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/configs/llava1.5.yaml" \
+        --model_path "$MODEL_PATH" \
+        --split "$split" \
+        "$@" --conv-mode "$CONV_MODE"
+}
+
+# mgm_eval_mmmu LAUNCH [RUNNER_ARGS...]: MMMU validation answers into $WORK_DIR/MMMU/answers/$CKPT, then the
+# scores in $WORK_DIR/MMMU/$CKPT/val.json.
+mgm_eval_mmmu() {
+    local launch="$1"; shift
+    mgm_mmmu_answers "$launch" "$WORK_DIR/MMMU/answers/$CKPT" "validation" "$@"
+
+    "$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/eval.py" \
+        --result_file "$WORK_DIR/MMMU/answers/$CKPT/merge.jsonl" \
+        --output_path "$WORK_DIR/MMMU/$CKPT/val.json"
+}
+
+# mgm_eval_mmmu_test LAUNCH [RUNNER_ARGS...]: MMMU test answers into $WORK_DIR/MMMU/answers_test/$CKPT (their
+# own folder: the original reused the validation one, which resuming would mix up), then the submission file
+# for the MMMU test server, $WORK_DIR/MMMU/$CKPT/test.json.
+mgm_eval_mmmu_test() {
+    local launch="$1"; shift
+    mgm_mmmu_answers "$launch" "$WORK_DIR/MMMU/answers_test/$CKPT" "test" "$@"
+
+    "$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/convert_to_test.py" \
+        --result_file "$WORK_DIR/MMMU/answers_test/$CKPT/merge.jsonl" \
+        --output_path "$WORK_DIR/MMMU/$CKPT/test.json"
+}
+
+# mgm_eval_math_vista LAUNCH [RUNNER_ARGS...]: MathVista testmini answers into $DATA_ROOT/MathVista/answers/$CKPT,
+# answer extraction (rules first, then the OpenAI-compatible judge: OPENAIKEY / OPENAIBASE / JUDGE_MODEL, or
+# OPENAI_API_KEY / OPENAI_BASE_URL / MGM_JUDGE_MODEL, for what the rules cannot read), then the scores.
+mgm_eval_math_vista() {
+    local launch="$1"; shift
+    local answers="$DATA_ROOT/MathVista/answers/$CKPT"
+    mgm_vqa_args mgm.eval.model_math_vista "$DATA_ROOT/MathVista/testmini.json" \
+        "$DATA_ROOT/MathVista" "$@"
+    mgm_launch "$launch" "$answers" "${MGM_ARGS[@]}"
+
+    mgm_judge_args
+    "$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MathVista/extract_answer.py" \
+        --output_file "$answers/merge.jsonl" "${MGM_JUDGE[@]}"
+
+    "$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MathVista/calculate_score.py" \
+        --output_file "$answers/merge.jsonl" \
+        --score_file "$answers/score.jsonl" \
+        --gt_file "$DATA_ROOT/MathVista/testmini.json"
+}

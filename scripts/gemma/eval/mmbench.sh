@@ -8,19 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-2B" "gemma"
 
-SPLIT="${SPLIT:-mmbench_dev_20230712}"
-
-mgm_run_single "$DATA_ROOT/mmbench/answers/$SPLIT/$CKPT.jsonl" "0" -m mgm.eval.model_vqa_mmbench \
-    --model-path "$MODEL_PATH" \
-    --question-file "$DATA_ROOT/mmbench/$SPLIT.tsv" \
-    --single-pred-prompt \
-    --temperature 0 \
-    --conv-mode "$CONV_MODE"
-
-mkdir -p "$DATA_ROOT/mmbench/answers_upload/$SPLIT"
-
-"$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmbench_for_submission.py" \
-    --annotation-file "$DATA_ROOT/mmbench/$SPLIT.tsv" \
-    --result-dir "$DATA_ROOT/mmbench/answers/$SPLIT" \
-    --upload-dir "$DATA_ROOT/mmbench/answers_upload/$SPLIT" \
-    --experiment "$CKPT"
+mgm_eval_mmbench single:0

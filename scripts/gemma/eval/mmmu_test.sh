@@ -8,17 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-2B" "gemma"
 
-CONFIG="$MGM_REPO_ROOT/mgm/eval/MMMU/eval/configs/llava1.5.yaml"
-# Test answers get their own folder (the original reused the validation one, which resuming would mix up).
-ANSWERS="$WORK_DIR/MMMU/answers_test/$CKPT"
-mgm_run_shards "$ANSWERS" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/run_llava.py" \
-    --data_path "$DATA_ROOT/MMMU" \
-    --config_path "$CONFIG" \
-    --model_path "$MODEL_PATH" \
-    --split "test" \
-    --conv-mode "$CONV_MODE"
-
-# Submission file for the MMMU test server.
-"$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/convert_to_test.py" \
-    --result_file "$ANSWERS/merge.jsonl" \
-    --output_path "$WORK_DIR/MMMU/$CKPT/test.json"
+mgm_eval_mmmu_test shards

@@ -8,16 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-7B-HD" "vicuna_v1"
 
-ANSWERS="$DATA_ROOT/MME/answers/$CKPT.jsonl"
-mgm_run_single "$ANSWERS" "0" -m mgm.eval.model_vqa_loader \
-    --model-path "$MODEL_PATH" \
-    --question-file "$DATA_ROOT/MME/llava_mme.jsonl" \
-    --image-folder "$DATA_ROOT/MME/MME_Benchmark_release_version" \
-    --temperature 0 \
-    --conv-mode "$CONV_MODE"
-
-# The MME kit's conversion + calculation (perception / cognition scores), in one command.
-"$PYTHON" -m mgm.eval.eval_mme \
-    --answers-file "$ANSWERS" \
-    --mme-root "$DATA_ROOT/MME/MME_Benchmark_release_version" \
-    --results-dir "$DATA_ROOT/MME/eval_tool/answers/$CKPT"
+mgm_eval_mme single:0

@@ -8,15 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-7B-HD" "vicuna_v1"
 
-CONFIG="$MGM_REPO_ROOT/mgm/eval/MMMU/eval/configs/llava1.5.yaml"
-ANSWERS="$WORK_DIR/MMMU/answers/$CKPT"
-mgm_run_shards "$ANSWERS" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/run_llava.py" \
-    --data_path "$DATA_ROOT/MMMU" \
-    --config_path "$CONFIG" \
-    --model_path "$MODEL_PATH" \
-    --split "validation" \
-    --conv-mode "$CONV_MODE"
-
-"$PYTHON" "$MGM_REPO_ROOT/mgm/eval/MMMU/eval/eval.py" \
-    --result_file "$ANSWERS/merge.jsonl" \
-    --output_path "$WORK_DIR/MMMU/$CKPT/val.json"
+mgm_eval_mmmu shards

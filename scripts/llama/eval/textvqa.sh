@@ -8,14 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-7B-HD" "vicuna_v1"
 
-ANSWERS="$WORK_DIR/textvqa/answers/$CKPT"
-mgm_run_shards "$ANSWERS" -m mgm.eval.model_vqa_loader \
-    --model-path "$MODEL_PATH" \
-    --question-file "$DATA_ROOT/textvqa/llava_textvqa_val_v051_ocr.jsonl" \
-    --image-folder "$DATA_ROOT/textvqa/train_images" \
-    --temperature 0 \
-    --conv-mode "$CONV_MODE"
-
-"$PYTHON" -m mgm.eval.eval_textvqa \
-    --annotation-file "$DATA_ROOT/textvqa/TextVQA_0.5.1_val.json" \
-    --result-file "$ANSWERS/merge.jsonl"
+mgm_eval_textvqa shards

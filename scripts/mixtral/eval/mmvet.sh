@@ -8,17 +8,4 @@ set -e
 source "$(dirname "${BASH_SOURCE[0]}")/../../eval_common.sh"
 mgm_eval_init "MGM/MGM-8x7B" "mistral_instruct"
 
-ANSWERS="$DATA_ROOT/mm-vet/answers/$CKPT"
-mgm_run_single "$ANSWERS/merge.jsonl" "" -m mgm.eval.model_vqa \
-    --model-path "$MODEL_PATH" \
-    --question-file "$DATA_ROOT/mm-vet/llava-mm-vet.jsonl" \
-    --image-folder "$DATA_ROOT/mm-vet/images" \
-    --temperature 0 \
-    --conv-mode "$CONV_MODE"
-
-mkdir -p "$DATA_ROOT/mm-vet/results/$CKPT"
-
-# Input of the official MM-Vet GPT-4 grader.
-"$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmvet_for_eval.py" \
-    --src "$ANSWERS/merge.jsonl" \
-    --dst "$DATA_ROOT/mm-vet/results/$CKPT/$CKPT.json"
+mgm_eval_mmvet single
