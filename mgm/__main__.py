@@ -17,7 +17,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("zoo", "tiny"), "mgm.zoo.tiny", "build the tiny random model zoo: mgm zoo tiny --out DIR"),
     (("chat",), "mgm.serve.cli", "chat with a checkpoint in the terminal (python -m mgm.serve.cli)"),
     (("train",), "mgm.train.train", "train (python mgm/train/train.py flags)"),
-    (("inspect",), "mgm.data.inspect", "summarise a training data file"),
+    (("inspect",), "mgm.data.inspect", "show one training sample as the model sees it (prompt, ids, labels)"),
     (("check",), "mgm.data.check", "validate a training data file before a long run"),
     (("serve", "controller"), "mgm.serve.controller", "start the controller (python -m mgm.serve.controller)"),
     (("serve", "worker"), "mgm.serve.model_worker", "start a model worker (python -m mgm.serve.model_worker)"),

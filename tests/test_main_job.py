@@ -55,8 +55,8 @@ def test_fine_details_are_invisible_in_both_low_res_views_but_not_in_high_res():
     opts = synth.SynthOptions()
     base = synth.sample_scene(random.Random(0), opts)
     variants = [dataclasses.replace(base, pattern=p, digit=d, mark=m, digit_cell=dc, mark_cell=mc)
-                for p, d, m, dc, mc in (("plain", "1", "dot", (0, 0), (0, 0)), ("striped", "8", "cross", (4, 2), (2, 1)),
-                                        ("checkered", "0", "ring", (2, 1), (1, 2)))]
+                for p, d, m, dc, mc in (("plain", "1", "dot", (0, 0), (0, 0)), ("striped", "8", "cross", (1, 0), (2, 1)),
+                                        ("checkered", "0", "ring", (2, 0), (1, 2)))]
     mgm_lr, llava_lr, hr = [], [], []
     for scene in variants:
         image = synth.render_scene(scene, opts)
@@ -111,9 +111,10 @@ def test_eval_sets_load_with_the_real_scorers(small_data):
     for q in questions:
         ann = annotations[(q["question_id"], prompt_processor(q["text"]))]
         assert len(ann["answers"]) == 10
-        assert meta["categories"]["textvqa"][q["question_id"]] in synth.FINE
+        assert meta["categories"]["textvqa"][q["question_id"]] in synth.CATEGORIES
         assert (ev / "textvqa" / "train_images" / q["image"]).is_file()
 
+    assert set(meta["categories"]["textvqa"].values()) == set(synth.CATEGORIES)  # every category in turn
     gt = load_mme_ground_truth(str(ev / "MME" / "MME_Benchmark_release_version"))
     mme = list(read_jsonl(str(ev / "MME" / "llava_mme.jsonl"), ("question_id", "text")))
     assert len(mme) == 24 and sorted(set(gt.values())) == ["No", "Yes"]
@@ -212,7 +213,7 @@ def test_run_all_quick_ends_with_the_summary(tmp_path):
                 "| MME | score /200 | color = colour (coarse) |", "| MME | score /200 | OCR = digit (fine) |",
                 "| MME | score | perception total |", "| MMBench | accuracy % | all |",
                 "| MMBench | accuracy % | shape (coarse) |", "| MMBench | accuracy % | mark (fine) |",
-                "| MGM (HR+LR) | stage2 |", "| LR-only | stage1 |", "| stage 2 (LR-only) |", "| chat (CLI) |",
+                "| MGM (HR+LR) | stage2 |", "| LR-only | stage1 |", "| stage 2 (MGM, LR-only) |", "| chat (CLI) |",
                 "| **total** |", "USER: What digit is in the top left corner?"):
         assert row in md, row
     summary = json.loads((out / "summary.json").read_text())

@@ -45,7 +45,6 @@ COARSE = ("colour", "shape", "count")
 FINE = ("pattern", "digit", "mark")
 _CATEGORY_LABEL = {c: f"{c} ({'coarse' if c in COARSE else 'fine'})" for c in COARSE + FINE}
 # Chance level (%) of each category: multiple choice (options offered) and open answers (vocabulary size).
-MC_CHANCE = {"colour": 25.0, "shape": 100 / 3, "count": 100 / 3, "pattern": 100 / 3, "digit": 25.0, "mark": 25.0}
 OPEN_CHANCE = {"colour": 20.0, "shape": 100 / 3, "count": 100 / 3, "pattern": 100 / 3, "digit": 10.0, "mark": 25.0}
 
 
@@ -353,9 +352,7 @@ def render_markdown(scores: dict, timings: list[dict], cli_answer: str | None, p
         cells = [_fmt(v) for v in values]
         delta = ""
         if len(values) == 2:
-            delta = " | " + (_fmt(values[0] - values[1]) if None not in values else "-")  # type: ignore[operator]
-            if None not in values:
-                delta = " | " + f"{values[0] - values[1]:+.1f}"  # type: ignore[operator]
+            delta = " | " + (f"{values[0] - values[1]:+.1f}" if None not in values else "-")  # type: ignore[operator]
         lines.append(f"| {bench} | {metric} | {label} | " + " | ".join(cells) + delta + " |")
     lines += ["", "Chance: TextVQA (open answers) colour 20 %, shape, count, pattern 33 %, digit 10 %, mark 25 %; "
               "MME 100 per category (acc 50 % + acc+ 25 % when guessing); MMBench 25 % (shape, count, pattern 33 %). Coarse = colour, shape, count (visible in the "
@@ -371,7 +368,8 @@ def render_markdown(scores: dict, timings: list[dict], cli_answer: str | None, p
     total = 0.0
     peak = 0.0
     for t in timings:
-        lines.append(f"| {t['step']} | {t['seconds']:.1f} | {t.get('peak_rss_gib', 0):.2f} |")
+        step = str(t["step"]).replace("|", "/")  # a pipe would split the table cell
+        lines.append(f"| {step} | {t['seconds']:.1f} | {t.get('peak_rss_gib', 0):.2f} |")
         total += float(t["seconds"])
         peak = max(peak, float(t.get("peak_rss_gib", 0)))
     lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | **{peak:.2f}** |")
@@ -417,14 +415,15 @@ def render_plot(scores: dict, path: Path) -> None:
     cats = [*COARSE, *FINE]
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
-        values = [scores["runs"][label].get("mmbench", {}).get(c, float("nan")) for c in cats]
+        # TextVQA-style open questions: one per image, every category in turn, a single-word answer.
+        values = [scores["runs"][label].get("textvqa", {}).get(c, float("nan")) for c in cats]
         ax.bar([x + i * width for x in range(len(cats))], values, width, label=label)
     for x, c in enumerate(cats):
-        ax.hlines(MC_CHANCE[c], x - width / 2, x + width * (len(labels) - 0.5), colors="k", linestyles="dotted")
+        ax.hlines(OPEN_CHANCE[c], x - width / 2, x + width * (len(labels) - 0.5), colors="k", linestyles="dotted")
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(cats))])
     ax.set_xticklabels([f"{c}\n({'coarse' if c in COARSE else 'fine'})" for c in cats])
     ax.set_ylim(0, 105)
-    ax.set_ylabel("MMBench accuracy % (dotted: chance)")
+    ax.set_ylabel("TextVQA accuracy % (dotted: chance)")
     ax.set_title("per-category accuracy")
     ax.legend(loc="lower left")
     fig.tight_layout()

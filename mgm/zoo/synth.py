@@ -279,8 +279,10 @@ def render_scene(scene: Scene, opts: SynthOptions) -> Image.Image:
     return image
 
 
-DEMO_SCENE = Scene(colour="blue", shape="circle", count=3, boxes=((26, 28, 40), (76, 22, 34), (48, 74, 42)),
-                   pattern="striped", digit="7", digit_cell=(2, 1), mark="cross", mark_cell=(1, 1))
+# Drawn like a training scene (one shape size, the digit where `sample_scene` puts it), so the demo asks
+# the trained model about something it can know.
+DEMO_SCENE = Scene(colour="blue", shape="circle", count=3, boxes=((26, 28, 36), (76, 22, 36), (48, 72, 36)),
+                   pattern="striped", digit="7", digit_cell=(1, 0), mark="cross", mark_cell=(1, 1))
 
 
 def write_demo_image(path: str | Path) -> Path:

@@ -83,8 +83,8 @@ if [ "$ABLATION" = 1 ]; then
 fi
 CORES="$(nproc 2>/dev/null || echo 2)"
 THREADS=$(( CORES / ${#variants[@]} > 0 ? CORES / ${#variants[@]} : 1 ))
-labels="$(for v in "${variants[@]}"; do printf '%s' "${v%%:*} | "; done)"
-labels="${labels% | }"
+labels="$(for v in "${variants[@]}"; do printf '%s' "${v%%:*}, "; done)"
+labels="${labels%, }"
 
 # side_by_side NAME LOG_SUFFIX [step options] -- FUNCTION: run FUNCTION LABEL AUX CKPT for every variant at once.
 side_by_side() {
