@@ -23,8 +23,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
-from mgm.errors import UserError, exit_on_user_error
-from mgm.eval.runner import AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark
+from mgm.errors import UserError
+from mgm.eval.runner import AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark, entry_point
 
 HINT_MULTI_CHOICE = ("Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
                      "at the end.")
@@ -140,10 +140,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":

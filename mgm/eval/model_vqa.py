@@ -14,8 +14,7 @@ import argparse
 import dataclasses
 from collections.abc import Sequence
 
-from mgm.errors import exit_on_user_error
-from mgm.eval.runner import VQA_FORMAT, EvalModel, RunResult, add_common_args, run_benchmark, vqa_items
+from mgm.eval.runner import VQA_FORMAT, EvalModel, RunResult, add_common_args, run_benchmark, vqa_items, entry_point
 
 FORMAT = dataclasses.replace(VQA_FORMAT, runner="model_vqa")
 
@@ -34,10 +33,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":

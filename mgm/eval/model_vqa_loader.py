@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from mgm.errors import exit_on_user_error
-from mgm.eval.runner import VQA_FORMAT, EvalModel, RunResult, add_common_args, run_benchmark, vqa_items
+from mgm.eval.runner import VQA_FORMAT, EvalModel, RunResult, add_common_args, run_benchmark, vqa_items, entry_point
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,10 +31,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
                          model=model)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":

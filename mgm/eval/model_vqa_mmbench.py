@@ -25,9 +25,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from mgm.errors import UserError, exit_on_user_error
+from mgm.errors import UserError
 from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, require_pandas,
-                             run_benchmark)
+                             run_benchmark, entry_point)
 
 ALL_OPTIONS = ["A", "B", "C", "D"]
 SINGLE_PRED_PROMPT = {"en": "Answer with the option's letter from the given choices directly.",
@@ -177,10 +177,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
                          model=model, conv_switch="model")
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":

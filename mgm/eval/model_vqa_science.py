@@ -19,8 +19,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from mgm.errors import UserError, exit_on_user_error
-from mgm.eval.runner import VQA_FORMAT, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark
+from mgm.errors import UserError
+from mgm.eval.runner import VQA_FORMAT, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark, entry_point
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 FORMAT = dataclasses.replace(VQA_FORMAT, runner="model_vqa_science", key_of=lambda r: (r["question_id"],))
@@ -99,10 +99,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
     return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":

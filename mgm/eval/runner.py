@@ -34,7 +34,7 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mgm.errors import UserError
+from mgm.errors import UserError, exit_on_user_error
 
 # Greedy vs sampling threshold of the original runners (`do_sample = temperature > 0`).
 _GREEDY_EPS = 0.0
@@ -649,3 +649,14 @@ def vqa_items(question_file: str, image_folder: str) -> list[EvalItem]:
                               load_images=_image_loader(image_folder, q["image"]), make_record=make,
                               where=f"question file {question_file}, line {lineno}"))
     return items
+
+
+def entry_point(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
+    """A runner module's `main(argv=None, model=None)`: its `run`, with bad input reported as one line on
+    stderr (exit status 2) instead of a traceback."""
+    @exit_on_user_error
+    def main(argv: Sequence[str] | None = None, model: "EvalModel | None" = None) -> "RunResult":
+        return run(argv, model)
+
+    main.__doc__ = f"CLI entry of {run.__module__}: `run` with bad input reported as one line on stderr."
+    return main

@@ -355,7 +355,7 @@ def render_markdown(scores: dict, timings: list[dict], cli_answer: str | None, p
             delta = " | " + (f"{values[0] - values[1]:+.1f}" if None not in values else "-")  # type: ignore[operator]
         lines.append(f"| {bench} | {metric} | {label} | " + " | ".join(cells) + delta + " |")
     lines += ["", "Chance: TextVQA (open answers) colour 20 %, shape, count, pattern 33 %, digit 10 %, mark 25 %; "
-              "MME 100 per category (acc 50 % + acc+ 25 % when guessing); MMBench 25 % (shape, count, pattern 33 %). Coarse = colour, shape, count (visible in the "
+              "MME 75 per category when guessing at random (acc 50 + acc+ 25), 50 when always giving the same answer; MMBench 25 % (shape, count, pattern 33 %). Coarse = colour, shape, count (visible in the "
               "32 px low-res view); fine = the texture of the shapes, the halftone digit and mark (visible only in the "
               "128 px high-res view).", ""]
     lines += ["## Training loss", "", "| run | stage | steps | first loss | last loss |", "|---|---|---:|---:|---:|"]

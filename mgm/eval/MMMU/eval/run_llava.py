@@ -45,9 +45,9 @@ if __package__ in (None, ""):
     # Run as a file: make the repository root importable without an install.
     sys.path.insert(0, str(Path(__file__).resolve().parents[4]))
 
-from mgm.errors import UserError, exit_on_user_error  # noqa: E402
+from mgm.errors import UserError  # noqa: E402
 from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, require_pandas,  # noqa: E402
-                             run_benchmark, str2bool)
+                             run_benchmark, str2bool, entry_point)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MULTI_IMAGE_ANSWER = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
@@ -289,10 +289,7 @@ def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> Ru
                          model=model)
 
 
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """CLI entry: `run` with bad input reported as one line on stderr (exit status 2)."""
-    return run(argv, model)
+main = entry_point(run)
 
 
 if __name__ == "__main__":
