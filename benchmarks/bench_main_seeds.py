@@ -1,6 +1,6 @@
 """Seed spread of the embedded default: run `scripts/tiny/run_all.sh` for several seeds, report mean ± spread.
 
-Run from the repository root (about 12 minutes per seed on a 2-core CPU):
+Run from the repository root (about 10 minutes per seed on a 2-core CPU):
 
     python benchmarks/bench_main_seeds.py [--seeds 0 1 2] [--out work_dirs/MGM-Tiny-seeds] [--reuse]
 

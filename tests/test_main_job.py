@@ -189,7 +189,10 @@ def test_summary_markdown_has_every_row():
     assert "| MME | score /200 | OCR = digit (fine) | 110.0 | - | - |" in md
     assert "| MMBench | accuracy % | colour (coarse) | 80.0 | - | - |" in md
     assert "| **total** | **12.5** (0.2 min) | **1.20** |" in md and "USER: hi" in md
-    assert len(score_rows(scores)) == 4 + 5 + 7
+    assert "| TextVQA | accuracy % | mean of the fine (fine) | 70.0 | 22.7 | +47.3 |" in md
+    assert "| MMBench | accuracy % | mean of the coarse (coarse) | 80.0 | - | - |" in md
+    # TextVQA: all, 3 fine, fine mean (no coarse scores: no coarse mean); MME 5; MMBench: all, 6, 2 means
+    assert len(score_rows(scores)) == 5 + 5 + 9
     with pytest.raises(UserError, match="LABEL:CKPT:TRAIN_DIR"):
         Run.parse("no-colons")
 

@@ -43,6 +43,8 @@ from mgm.errors import UserError, exit_on_user_error
 _TQDM_COUNTER = re.compile(r"(\d+)/(\d+) \[")
 COARSE = ("colour", "shape", "count")
 FINE = ("pattern", "digit", "mark")
+# Rows averaging the three coarse / the three fine categories (the headline of the ablation).
+COARSE_MEAN, FINE_MEAN = "mean of the coarse (coarse)", "mean of the fine (fine)"
 _CATEGORY_LABEL = {c: f"{c} ({'coarse' if c in COARSE else 'fine'})" for c in COARSE + FINE}
 # Chance level (%) of each category: multiple choice (options offered) and open answers (vocabulary size).
 OPEN_CHANCE = {"colour": 20.0, "shape": 100 / 3, "count": 100 / 3, "pattern": 100 / 3, "digit": 10.0, "mark": 25.0}
@@ -327,9 +329,17 @@ def score_rows(scores: dict) -> list[tuple[str, str, str, list[float | None]]]:
     """(benchmark, metric, row label, [value per run]) in table order."""
     labels = list(scores["runs"])
     get = lambda bench, key: [scores["runs"][lab].get(bench, {}).get(key) for lab in labels]  # noqa: E731
+    def group_mean(bench: str, group: Sequence[str]) -> list[float | None]:
+        # Per run: the mean over the group's categories, when the run has a score for each of them.
+        per_cat = [get(bench, c) for c in group]
+        return [None if any(v[i] is None for v in per_cat) else sum(v[i] for v in per_cat) / len(group)
+                for i in range(len(labels))]
+
     rows = []
     for key in ("all", *COARSE, *FINE):
         rows.append(("TextVQA", "accuracy %", "all" if key == "all" else _CATEGORY_LABEL[key], get("textvqa", key)))
+    rows.append(("TextVQA", "accuracy %", COARSE_MEAN, group_mean("textvqa", COARSE)))
+    rows.append(("TextVQA", "accuracy %", FINE_MEAN, group_mean("textvqa", FINE)))
     mme_map = scores.get("mme_categories", {})
     for mme_cat in ("color", "count", "existence", "OCR"):
         ours = mme_map.get(mme_cat)
@@ -338,6 +348,8 @@ def score_rows(scores: dict) -> list[tuple[str, str, str, list[float | None]]]:
     rows.append(("MME", "score", "perception total", get("mme", "perception total")))
     for key in ("all", *COARSE, *FINE):
         rows.append(("MMBench", "accuracy %", "all" if key == "all" else _CATEGORY_LABEL[key], get("mmbench", key)))
+    rows.append(("MMBench", "accuracy %", COARSE_MEAN, group_mean("mmbench", COARSE)))
+    rows.append(("MMBench", "accuracy %", FINE_MEAN, group_mean("mmbench", FINE)))
     return [r for r in rows if any(v is not None for v in r[3])]
 
 

@@ -17,8 +17,9 @@
 #   DATA         synthetic data [data/MGM-Tiny; data/MGM-Tiny-seed$SEED for SEED != 0]
 #   SEED         seed of the tiny zoo, the data and training [0]
 #   RUN_NAME     checkpoint name in the eval answer paths [basename of OUT]; the ablation adds "-LR"
-#   N_TRAIN N_PRETRAIN N_EVAL   stage-2 samples, stage-1 captions, questions per benchmark [4000 2000 200]
-#   STEPS1 STEPS2               optimizer steps of stage 1 / stage 2 [150 900]
+#   N_TRAIN N_PRETRAIN N_EVAL   stage-2 samples, stage-1 captions, questions per benchmark [8000 1600 240]
+#   STEPS1 STEPS2               optimizer steps of stage 1 / stage 2 [100 2000]
+#   JITTER       0: draw the bottom-right mark at a fixed place (python -m mgm.zoo.synth --no-jitter) [1]
 #   STEPS_MULT                  multiplies STEPS1 and STEPS2, e.g. 0.5 or 2 [1]
 #   LR1 LR2 PROJ_LR2            learning rates of stage 1, stage 2 and stage 2's projector + mining [..]
 #   BATCH        per-device batch [16]      WORKERS   DataLoader workers [1]
@@ -71,7 +72,7 @@ echo "MGM-Tiny: seed $SEED, $N_TRAIN instructions + $N_PRETRAIN captions, stage 
      "(batch $BATCH); outputs in $OUT" >&2
 step "tiny zoo" zoo -- "$PYTHON" -m mgm.zoo.tiny --out "$ZOO" --families vicuna --seed "$SEED"
 step "synthetic data" synth -- "$PYTHON" -m mgm.zoo.synth --out "$DATA" --seed "$SEED" --n-train "$N_TRAIN" \
-    --n-pretrain "$N_PRETRAIN" --n-eval "$N_EVAL" --image-size "$IMAGE_SIZE_AUX"
+    --n-pretrain "$N_PRETRAIN" --n-eval "$N_EVAL" --image-size "$IMAGE_SIZE_AUX" $([ "${JITTER:-1}" = 0 ] && echo --no-jitter)
 
 # The variants, trained and evaluated side by side (one process each, the cores shared between them):
 # LABEL:AUX:CKPT, AUX=1 with the ConvNeXt HR tower + patch info mining, AUX=0 with the CLIP LR tower only.
