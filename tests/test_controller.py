@@ -6,9 +6,7 @@ import base64
 import io
 import json
 import logging
-import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,37 +47,12 @@ from mgm.serve.protocol import (
     iter_chunks,
 )
 from mgm.serve.security import ImagePolicy, decode_base64_image
+from serving_helpers import ServerThread
 
 pytestmark = pytest.mark.timeout(60)
 
 
-# --- servers in threads ------------------------------------------------------------------------------
-class ServerThread:
-    """A uvicorn server for `app` on a free 127.0.0.1 port, in a daemon thread."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("test server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
+# --- helpers ---------------------------------------------------------------------------------------------
 def png_bytes(size: tuple[int, int] = (8, 6), color: str = "red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")

@@ -4,14 +4,6 @@
 # `python -m mgm.serve.cli --model-path $OUT/stage2`. Environment overrides: see tiny_common.sh.
 set -e
 source "$(dirname "${BASH_SOURCE[0]}")/tiny_common.sh"
-require_data stage2.json
-
-tiny_run \
-    --version "$VERSION_2" \
-    --pretrain_mm_mlp_adapter "$OUT/stage1/mm_projector.bin" \
-    --data_path "$DATA/stage2.json" \
-    --image_folder "$DATA" \
-    --image_aspect_ratio pad \
-    --group_by_modality_length True \
+tiny_stage2 \
     --learning_rate "${LR:-5e-4}" \
     --output_dir "$OUT/stage2"

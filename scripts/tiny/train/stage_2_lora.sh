@@ -4,15 +4,7 @@
 # checkpoint $OUT/stage2_lora_merged (skip the merge with MERGE=0). Environment overrides: see tiny_common.sh.
 set -e
 source "$(dirname "${BASH_SOURCE[0]}")/tiny_common.sh"
-require_data stage2.json
-
-tiny_run \
-    --version "$VERSION_2" \
-    --pretrain_mm_mlp_adapter "$OUT/stage1/mm_projector.bin" \
-    --data_path "$DATA/stage2.json" \
-    --image_folder "$DATA" \
-    --image_aspect_ratio pad \
-    --group_by_modality_length True \
+tiny_stage2 \
     --lora_enable True \
     --lora_r 16 \
     --lora_alpha 32 \

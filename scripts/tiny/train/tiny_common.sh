@@ -91,3 +91,17 @@ tiny_run() {
         "${ds[@]}" \
         "$@"
 }
+
+# tiny_stage2 [flags...]: the stage-2 run (instruction tuning from $OUT/stage1/mm_projector.bin) with the
+# script's own flags (learning rate, output folder, LoRA) appended.
+tiny_stage2() {
+    require_data stage2.json
+    tiny_run \
+        --version "$VERSION_2" \
+        --pretrain_mm_mlp_adapter "$OUT/stage1/mm_projector.bin" \
+        --data_path "$DATA/stage2.json" \
+        --image_folder "$DATA" \
+        --image_aspect_ratio pad \
+        --group_by_modality_length True \
+        "$@"
+}
