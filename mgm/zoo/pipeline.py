@@ -26,6 +26,8 @@ first option letter (or, failing that, its text equal to an option) is the answe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -39,14 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.zoo.synth import COARSE, FINE
 
 _TQDM_COUNTER = re.compile(r"(\d+)/(\d+) \[")
-COARSE = ("colour", "shape", "count")
-FINE = ("pattern", "digit", "mark")
 # Rows averaging the three coarse / the three fine categories (the headline of the ablation).
 COARSE_MEAN, FINE_MEAN = "mean of the coarse (coarse)", "mean of the fine (fine)"
 _CATEGORY_LABEL = {c: f"{c} ({'coarse' if c in COARSE else 'fine'})" for c in COARSE + FINE}
-# Chance level (%) of each category: multiple choice (options offered) and open answers (vocabulary size).
+# Chance level (%) of each category for open answers: one over the size of its answer vocabulary.
 OPEN_CHANCE = {"colour": 20.0, "shape": 100 / 3, "count": 100 / 3, "pattern": 100 / 3, "digit": 10.0, "mark": 25.0}
 
 
@@ -237,9 +238,6 @@ def mme_scores(results_dir: Path) -> dict[str, float]:
     """MME kit scores (0-200 per category: acc + acc+) of every category file, and the perception total."""
     from mgm.eval.eval_mme import calculate_mme_scores
 
-    import contextlib
-    import io
-
     with contextlib.redirect_stderr(io.StringIO()):  # the kit notes every absent category; expected here
         scores = calculate_mme_scores(str(results_dir))
     out = dict(scores["Perception"]["tasks"])
@@ -377,19 +375,22 @@ def render_markdown(scores: dict, timings: list[dict], cli_answer: str | None, p
                 last = [v for _, v in curve[-10:]]
                 lines.append(f"| {label} | {stage} | {curve[-1][0]} | {curve[0][1]:.3f} | {sum(last) / len(last):.3f} |")
     lines += ["", "## Wall time", "", "| step | seconds | peak memory (GiB) |", "|---|---:|---:|"]
-    total = 0.0
-    peak = 0.0
     for t in timings:
         step = str(t["step"]).replace("|", "/")  # a pipe would split the table cell
         lines.append(f"| {step} | {t['seconds']:.1f} | {t.get('peak_rss_gib', 0):.2f} |")
-        total += float(t["seconds"])
-        peak = max(peak, float(t.get("peak_rss_gib", 0)))
+    total, peak = _totals(timings)
     lines.append(f"| **total** | **{total:.1f}** ({total / 60:.1f} min) | **{peak:.2f}** |")
     if cli_answer is not None:
         lines += ["", "## Chat (python -m mgm.serve.cli)", "", "```", cli_answer.strip(), "```"]
     if plot_name:
         lines += ["", f"![loss curves and per-category scores]({plot_name})"]
     return "\n".join(lines) + "\n"
+
+
+def _totals(timings: list[dict]) -> tuple[float, float]:
+    """(seconds of all steps, largest peak memory in GiB) of the timing records."""
+    return (sum(float(t["seconds"]) for t in timings),
+            max((float(t.get("peak_rss_gib", 0)) for t in timings), default=0.0))
 
 
 def _smooth(values: Sequence[float], span: int = 25) -> list[float]:
@@ -466,8 +467,8 @@ def write_summary(out: Path, runs: Sequence[Run], data_root: Path, work_dir: Pat
     markdown = render_markdown(scores, timings, cli_answer, plot_name)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(markdown)
-    summary = {**scores, "timings": timings, "total_seconds": round(sum(float(t["seconds"]) for t in timings), 1),
-               "peak_rss_gib": max((float(t.get("peak_rss_gib", 0)) for t in timings), default=0.0),
+    total, peak = _totals(timings)
+    summary = {**scores, "timings": timings, "total_seconds": round(total, 1), "peak_rss_gib": peak,
                "cli_answer": cli_answer}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
