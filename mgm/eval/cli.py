@@ -19,6 +19,7 @@ OPENAI_API_KEY/MGM_JUDGE_MODEL) for answers its rules cannot read.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import runpy
@@ -96,12 +97,6 @@ def default_conv_mode(model_path: str) -> str:
     return template_for_model_config(config, tokenizer)
 
 
-def _runner_module(bench: Benchmark):
-    import importlib
-
-    return importlib.import_module(bench.runner)
-
-
 def runner_argv(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mode: str) -> list[str]:
     """Runner flags for one benchmark (without --answers-file / shard flags)."""
     values = {"data": args.data_root, "work": args.work_dir}
@@ -114,8 +109,6 @@ def runner_argv(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mo
     if paths["image_folder"]:
         argv += ["--image-folder", paths["image_folder"]]
     argv += [a.format(**values) for a in bench.runner_args]
-    if bench.runner.endswith("run_llava"):
-        argv += ["--split", bench.split]
     if args.batch_size:
         argv += ["--batch-size", str(args.batch_size)]
     if args.max_new_tokens:
@@ -142,7 +135,7 @@ def _gpus() -> list[str]:
 
 def run_answers(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mode: str, model) -> None:
     """Run the benchmark's runner (all shards) and merge chunked answers into merge.jsonl."""
-    module = _runner_module(bench)
+    module = importlib.import_module(bench.runner)
     base = runner_argv(bench, paths, args, conv_mode)
     if not bench.chunked:
         module.run(base + ["--answers-file", paths["answers"]], model=model)
@@ -233,7 +226,7 @@ def score(bench: Benchmark, paths: dict, args: argparse.Namespace) -> None:
 
 def _print_list(args: argparse.Namespace) -> None:
     for bench in BENCHMARKS.values():
-        paths = bench.paths(args.data_root, args.work_dir, "<CKPT>", args.split if bench.name == "mmbench" else None)
+        paths = bench.paths(args.data_root, args.work_dir, "<CKPT>", args.split)
         data = paths["question_file"] or next((a for a in bench.runner_args if "{data}" in a), "")
         data = data.format(data=args.data_root, work=args.work_dir)
         print(f"{bench.name:11s} {bench.runner:32s} {data}  ->  {paths['merged']}")
@@ -256,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv_mode = args.conv_mode or default_conv_mode(args.model_path)
     plans = []
     for bench in benches:
-        paths = bench.paths(args.data_root, args.work_dir, args.ckpt,
-                            args.split if bench.name == "mmbench" else None)
+        paths = bench.paths(args.data_root, args.work_dir, args.ckpt, args.split)
         if paths["question_file"] and not os.path.isfile(paths["question_file"]):
             raise UserError(f"{bench.name}: question file {paths['question_file']} not found (check --data-root)")
         plans.append((bench, paths))

@@ -512,15 +512,15 @@ def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace
     fixed = [it for it in pending if it.fixed_answer is not None]
     to_run = [it for it in pending if it.fixed_answer is None]
     with open(answers_file, "a", encoding="utf-8") as out:
-        def emit(pairs: list[tuple[EvalItem, str]], name: str) -> None:
-            recs = [item.make_record(text, name) for item, text in pairs]
+        def emit(pairs: list[tuple[EvalItem, str]]) -> None:
+            recs = [item.make_record(text, model.name) for item, text in pairs]
             out.write("".join(json.dumps(r) + "\n" for r in recs))
             out.flush()  # in the OS's hands now: a killed run keeps every finished batch
             written.extend(recs)
             result.written += len(recs)
 
         if fixed:
-            emit([(it, it.fixed_answer) for it in fixed], model.name)
+            emit([(it, it.fixed_answer) for it in fixed])
         if not to_run:
             return written
         if args.seed is not None:
@@ -574,7 +574,7 @@ def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace
                 print(f"note: out of memory at batch size {len(ready)}; retrying with {half}", file=sys.stderr)
                 queue[:0] = [ready[:half], ready[half:]]
                 continue
-            emit(list(zip(ready, texts)), model.name)
+            emit(list(zip(ready, texts)))
             bar.update(len(ready))
         bar.close()
     return written
