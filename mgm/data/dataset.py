@@ -177,6 +177,12 @@ class BadSample:
         return {"kind": self.kind, "index": self.index, "id": _jsonable(self.sample_id), "data_path": self.data_path,
                 "image": self.image, "reason": self.reason}
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "BadSample":
+        """The inverse of `to_record` (without the placeholder)."""
+        return cls(record["kind"], record["index"], record["id"], record["data_path"], record["reason"],
+                   record.get("image"))
+
 
 class BadSampleError(UserError):
     """A sample that cannot be trained on; `.bad` has the details."""
@@ -213,6 +219,14 @@ class DataConfig:
     image_global: bool = False
     mm_use_im_start_end: bool = False
     load_images: bool = True
+
+    @staticmethod
+    def image_fields(settings: Any) -> dict[str, Any]:
+        """image_size_aux / image_grid / image_global of a model's `MGMSettings` (None: an LLM-only model)."""
+        if settings is None:
+            return {"image_size_aux": None, "image_grid": 1, "image_global": False}
+        return {"image_size_aux": settings.image_size_aux if settings.has_aux else None,
+                "image_grid": settings.image_grid, "image_global": settings.image_global}
 
 
 @dataclass

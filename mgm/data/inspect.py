@@ -109,11 +109,8 @@ def load_for_inspection(model_path: str, version: str, data_path: str, image_fol
         image_folder=image_folder if image_folder is not None else str(Path(data_path).parent),
         image_processor=processor,
         image_aspect_ratio=aspect or (settings.image_aspect_ratio if settings else None) or "square",
-        image_size_aux=settings.image_size_aux if settings is not None and settings.has_aux else None,
-        image_grid=settings.image_grid if settings else 1,
-        image_global=settings.image_global if settings else False,
         mm_use_im_start_end=settings.mm_use_im_start_end if settings else False,
-        load_images=processor is not None)
+        load_images=processor is not None, **DataConfig.image_fields(settings))
     return tokenizer, data_config, notes
 
 

@@ -114,11 +114,8 @@ def train(attn_implementation: str | None = None, argv: Sequence[str] | None = N
     config = DataConfig(
         template_name=setup.template_name, model_max_length=training_args.model_max_length,
         multimodal=setup.multimodal, image_folder=data_args.image_folder, image_processor=setup.image_processor,
-        image_aspect_ratio=data_args.image_aspect_ratio,
-        image_size_aux=settings.image_size_aux if settings is not None and settings.has_aux else None,
-        image_grid=settings.image_grid if settings is not None else 1,
-        image_global=settings.image_global if settings is not None else False,
-        mm_use_im_start_end=model_args.mm_use_im_start_end)
+        image_aspect_ratio=data_args.image_aspect_ratio, mm_use_im_start_end=model_args.mm_use_im_start_end,
+        **DataConfig.image_fields(settings))
     dataset = LazySupervisedDataset(data_args.data_path, setup.tokenizer, config)
     collator = DataCollatorForSupervisedDataset(setup.tokenizer, training_args.model_max_length)
 
@@ -135,12 +132,10 @@ def train(attn_implementation: str | None = None, argv: Sequence[str] | None = N
     base = setup.base_model
     base.config.use_cache = True
     out = training_args.output_dir
-    if setup.stage == "pretrain":
-        trainer.save_model(out)
-    elif setup.lora:
+    if setup.lora and setup.stage != "pretrain":
         save_lora(setup.model, out, bias=training_args.lora_bias, is_main_process=training_args.should_save,
                   tokenizer=setup.tokenizer)
-    else:
+    else:  # stage 1: mm_projector.bin (MGMTrainer.save_model); else the full checkpoint
         trainer.save_model(out)
     if trainer.skipped_samples:
         logger.warning("skipped %d bad sample(s) on this rank; see %s", trainer.skipped_samples,

@@ -23,8 +23,10 @@ from transformers import Trainer
 
 from mgm.data.collator import BAD_SAMPLES_KEY, EMPTY_BATCH_KEY
 from mgm.data.dataset import BadSample, BadSampleError
+from mgm.errors import UserError
 from mgm.train.args import parse_lr_multi
-from mgm.train.checkpoint import ADAPTER_FILE, NON_LORA_FILE, save_config, load_non_lora, save_adapter, unwrap
+from mgm.train.checkpoint import (ADAPTER_FILE, NON_LORA_FILE, gathered, load_non_lora, non_lora_state_dict,
+                                  save_adapter, save_config, unwrap)
 
 logger = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_samples.jsonl"
@@ -59,9 +61,7 @@ class MGMTrainer(Trainer):
             return
         if not self.skip_bad_samples:
             first = records[0]
-            bad = BadSample(first["kind"], first["index"], first["id"], first["data_path"], first["reason"],
-                            first.get("image"))
-            raise BadSampleError(bad, hint=(
+            raise BadSampleError(BadSample.from_record(first), hint=(
                 "Training stops at the first bad sample: fix or remove it (check the whole file with "
                 f"`python -m mgm.data.check --data-path {first['data_path']} --image-folder DIR`), or pass "
                 "--skip_bad_samples True to skip and count such samples"))
@@ -100,8 +100,6 @@ class MGMTrainer(Trainer):
         decay = set(self.get_decay_parameter_names(opt_model))
         named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
         if not named:
-            from mgm.errors import UserError
-
             raise UserError("no parameter is trainable with these flags (check --tune_mm_mlp_adapter, "
                             "--freeze_mm_mlp_adapter, --freeze_backbone, --lora_enable)")
         groups = parameter_groups(named, decay, self.args.learning_rate, self.args.weight_decay,
@@ -132,8 +130,6 @@ class MGMTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.mgm_lora and self.args.should_save:
-            from mgm.train.checkpoint import non_lora_state_dict
-
             out = Path(output_dir or self.args.output_dir)
             torch.save(non_lora_state_dict(self.model), out / NON_LORA_FILE)
             save_config(self.model, out)
@@ -158,9 +154,6 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
 
 def load_trainable_from_adapter(model: nn.Module, file: Path) -> None:
     """Resume stage 1: every trainable parameter must come back from the checkpoint's mm_projector.bin."""
-    from mgm.errors import UserError
-    from mgm.train.checkpoint import gathered
-
     base = unwrap(model)
     state = torch.load(str(file), map_location="cpu", weights_only=True)
     params = dict(base.named_parameters())
