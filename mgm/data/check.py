@@ -230,8 +230,8 @@ def format_summary(summary: dict, data_path: str, max_report: int) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mgm.data.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-path", required=True, help="LLaVA conversation .json or .jsonl file")
-    parser.add_argument("--image-folder", default=None,
+    parser.add_argument("--data-path", "--data_path", required=True, help="LLaVA conversation .json or .jsonl file")
+    parser.add_argument("--image-folder", "--image_folder", default=None,
                         help="folder the image paths are relative to (default: the data file's folder)")
     parser.add_argument("--model-path", default=None, help="tokenizer or checkpoint folder: enables masking and "
                                                            "length checks (needs --version)")

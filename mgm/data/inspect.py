@@ -27,12 +27,12 @@ DEFAULT_MAX_LENGTH = 2048  # the released scripts' --model_max_length
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mgm.data.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-path", required=True, help="LLaVA conversation .json or .jsonl file")
+    parser.add_argument("--data-path", "--data_path", required=True, help="LLaVA conversation .json or .jsonl file")
     parser.add_argument("--model-path", required=True, help="MGM checkpoint folder or a bare tokenizer folder")
     parser.add_argument("--version", required=True, help="the training --version (plain, v1, llama_3, gemma, ...)")
     parser.add_argument("--index", type=int, default=0, help="sample index in the file (default 0; negative counts "
                                                                "from the end)")
-    parser.add_argument("--image-folder", default=None,
+    parser.add_argument("--image-folder", "--image_folder", default=None,
                         help="folder the image paths are relative to (default: the data file's folder)")
     parser.add_argument("--model-max-length", type=int, default=None,
                         help="truncation length (default: the checkpoint's tokenizer_model_max_length, else 2048)")
