@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from PIL import Image
@@ -55,6 +55,9 @@ class Request:
     prompt: str
     images: list[Image.Image] = field(default_factory=list)
     params: GenerationParams = field(default_factory=GenerationParams)
+    # (tokenizer, prompt, ids) of the last encode_prompt: a request is sized by its server, admitted by
+    # the batcher and prefilled, and each of them needs the same ids
+    _encoded: tuple[Any, str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
 
 class InferenceEngine:
@@ -98,7 +101,11 @@ class InferenceEngine:
             raise UserError(f"the prompt has {n_tags} <image> tags but {len(request.images)} images were given")
         if request.images and self.model.get_vision_tower() is None:
             raise UserError("this model has no vision tower; send text only")
+        cached = request._encoded
+        if cached is not None and cached[0] is self.tokenizer and cached[1] == request.prompt:
+            return cached[2]
         ids = tokenizer_image_token(request.prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        request._encoded = (self.tokenizer, request.prompt, ids)
         return ids
 
     def image_tensors(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -347,7 +347,7 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
                     else:
                         conv.messages[-1][-1] = output + CURSOR
                     yield (session, session.chatbot(), gr.update()) + (gr.update(interactive=False),) * 5
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, OSError) as exc:  # OSError: an undecodable generated image
             logger.error("stream from %s failed: %s: %s", address, type(exc).__name__, exc)
             conv.messages[-1][-1] = f"{SERVER_ERROR_MSG} (error_code: {NETWORK_ERROR_CODE})"
             yield (session, session.chatbot(), gr.update()) + (gr.update(interactive=True),) * 5

@@ -48,7 +48,13 @@ from mgm.constants import DEFAULT_IMAGE_TOKEN, WORKER_HEART_BEAT_INTERVAL
 from mgm.conversation import conv_templates
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.batcher import DynamicBatcher, Ticket
-from mgm.serve.engine import GenerationParams, InferenceEngine, Request as EngineRequest, context_limit
+from mgm.serve.engine import (
+    GenerationParams,
+    InferenceEngine,
+    Request as EngineRequest,
+    context_limit,
+    request_token_count,
+)
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.protocol import (
     ERROR_OK,
@@ -99,6 +105,12 @@ def assistant_tail(template: str) -> str:
     return prompt[prompt.rindex(_PROBE) + len(_PROBE):]
 
 
+@functools.lru_cache(maxsize=None)
+def _templates_by_marker() -> tuple[str, ...]:
+    """Template names, longest assistant marker first (computed once, not per request)."""
+    return tuple(sorted(conv_templates, key=lambda name: -len(assistant_tail(name).strip())))
+
+
 def add_content(prompt: str, content: str, template: str | None = None) -> str:
     """Insert `content` at the end of the last user message of a fully templated `prompt`.
 
@@ -108,8 +120,7 @@ def add_content(prompt: str, content: str, template: str | None = None) -> str:
     appending at the end.
     """
     stripped = prompt.rstrip()
-    names = ([template] if template in conv_templates else []) + sorted(
-        conv_templates, key=lambda name: -len(assistant_tail(name).strip()))
+    names = ([template] if template in conv_templates else []) + list(_templates_by_marker())
     for name in names:
         tail = assistant_tail(name).rstrip()
         if not tail.strip():  # e.g. the plain template: no marker to recognise
@@ -429,9 +440,10 @@ class ModelWorker:
         request = EngineRequest(prompt, images, GenerationParams(
             temperature=params.temperature, top_p=params.top_p, max_new_tokens=1,
             stop=[params.stop] if params.stop else []))
-        # budget as the original: context - prompt ids (one placeholder per image) - image tokens
-        prompt_ids = await asyncio.to_thread(self.engine.encode_prompt, request)
-        budget = context_limit(self.engine) - int(prompt_ids.shape[-1]) - len(images) * self.engine.num_image_tokens()
+        # budget as the original: context - prompt ids (one placeholder per image) - image tokens,
+        # i.e. the prompt as the model sees it plus one more token per image
+        prompt_tokens = await asyncio.to_thread(request_token_count, self.engine, request)
+        budget = context_limit(self.engine) - prompt_tokens - len(images)
         max_new_tokens = min(params.max_new_tokens, budget)
         if max_new_tokens < 1:
             yield encode_chunk({"text": ori_prompt + EXCEEDS_MAX_TOKENS_MSG, "error_code": ERROR_OK})
@@ -450,13 +462,13 @@ class ModelWorker:
         if pending or not generated:
             yield encode_chunk({"text": ori_prompt + generated, "error_code": ERROR_OK})
         if gen:
-            from mgm.serve.imagegen import generate_image, hidden_prompt
+            from mgm.serve.imagegen import H_OPEN, generate_image, hidden_prompt
 
             sd_prompt = hidden_prompt(generated, last=False)
             if sd_prompt is not None:
                 image = await asyncio.to_thread(generate_image, self.pipe, sd_prompt)
                 b64 = await asyncio.to_thread(image_to_jpeg_base64, image)
-                text = ori_prompt + generated.split("<h>")[0] + "\nPrompt: " + sd_prompt + "\n"
+                text = ori_prompt + generated.split(H_OPEN)[0] + "\nPrompt: " + sd_prompt + "\n"
                 yield encode_chunk({"text": text, "image": b64, "error_code": ERROR_OK})
 
 
