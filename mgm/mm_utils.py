@@ -4,7 +4,6 @@ Image code lives in `mgm.data.image`; this module keeps the public names and sig
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from transformers import StoppingCriteria

@@ -199,6 +199,7 @@ def test_summary_markdown_has_every_row():
 
 # ----------------------------------------------------------------------------------------------- the script
 
+@pytest.mark.slow
 def test_run_all_quick_ends_with_the_summary(tmp_path):
     """QUICK=1: the whole pipeline (zoo, data, both stages of both variants, 3 benchmarks each, CLI, summary)
     with a handful of samples and steps; checks the summary files and their rows, not the scores."""

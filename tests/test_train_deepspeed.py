@@ -54,6 +54,7 @@ def stage2(zoo, data, out, adapter, *extra) -> list[str]:
             str(data / "stage2.json"), "--image_aspect_ratio", "pad", *extra]
 
 
+@pytest.mark.slow
 def test_zero2_two_processes(zoo, data, tmp_path):
     adapter = Path(zoo["stage1"]["MGM-Tiny-Vicuna-Pretrain"]["path"]) / "mm_projector.bin"
     out = tmp_path / "zero2"
@@ -69,6 +70,7 @@ def test_zero2_two_processes(zoo, data, tmp_path):
     assert set(weights) == set(reference)
 
 
+@pytest.mark.slow
 def test_zero3_stage_two_loads_and_saves_exactly(zoo, data, tmp_path):
     """With learning rate 0 the saved checkpoint must equal what was loaded: the LLM folder's weights, the
     stage-1 adapter's projector and mining modules, the tower folders' weights (all partitioned by ZeRO-3)."""

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_train_support import make_dataset, tiny_zoo
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_scripts_run_both_stages_and_lora(tmp_path_factory, tmp_path):
     zoo = tiny_zoo(tmp_path_factory)
     data = make_dataset(tmp_path / "data", n=8)

@@ -100,8 +100,8 @@ def build_textvqa(root: Path, rng: random.Random) -> dict:
         word = _WORDS[n]
         image = draw_image(rng, word.upper())
         _save(image, base / "train_images" / f"{image_id}.jpg")
-        questions = [(f"what word is written on the sign?", word),
-                     (f"what color is the background?", rng.choice(["red", "blue", "green"]))]
+        questions = [("what word is written on the sign?", word),
+                     ("what color is the background?", rng.choice(["red", "blue", "green"]))]
         for k, (question, answer) in enumerate(questions):
             if n == 3 and k == 1:
                 text = f"{question}\nAnswer the question using a single word or phrase."  # no OCR tokens

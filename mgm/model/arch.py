@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mgm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError

@@ -30,7 +30,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import re
 import subprocess
 import sys
