@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from mgm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
 from mgm.model.checkpoint_files import CheckpointFiles
-from mgm.model.mining import build_mining_projectors, mine_patches
+from mgm.model.mining import build_mining_projectors, crops_to_grid, grid_to_crops, mine_patches
 from mgm.model.projector import build_vision_projector
 from mgm.model.settings import MGMSettings
 from mgm.model.vision.clip import CLIPVisionTower
 from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
+from mgm.model.vision.multiscale import MultiScaleMap, resize_map
 from mgm.model.vision.registry import (
     clip_config_from,
     convnext_spec_from,
@@ -190,12 +190,18 @@ class MGMMetaForCausalLM:
         return self.get_model().mgm_settings
 
     # -- image encoding (MGM_SPEC §2.7) --------------------------------------------------------------
-    def unified_resampler(self, images: torch.Tensor, images_aux: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def unified_resampler(self, images: torch.Tensor, images_aux: torch.Tensor | MultiScaleMap
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR tokens [N, P², D], HR map [N, C, H, W]) -> (LR tokens unchanged, mined [N, P², D])."""
         inner = self.get_model()
         mined = mine_patches(images, images_aux, inner.vlm_uni_query_projector,
                              inner.vlm_uni_aux_projector, inner.vlm_uni_val_projector)
         return images, mined
+
+    def hr_features(self, images_aux: torch.Tensor, like: torch.Tensor) -> MultiScaleMap:
+        """The HR tower's map [N, C, H, W] in `like`'s dtype/device, kept factored (mining then never
+        materialises the upsampled stack, mgm.model.vision.multiscale)."""
+        return self.get_vision_tower_aux().features(images_aux).to(dtype=like.dtype, device=like.device)
 
     def encode_images(self, images: torch.Tensor, images_aux: torch.Tensor | None = None, is_video: bool = False) -> torch.Tensor:
         """Visual tokens in the LLM's embedding space.
@@ -217,23 +223,20 @@ class MGMMetaForCausalLM:
             crop_feats = feats[: batch * g * g]
             glob_feats = feats[batch * g * g:]
             if images_aux is not None:
-                hr = self.get_vision_tower_aux()(images_aux).to(dtype=feats.dtype, device=feats.device)
-                c, hs, ws = hr.shape[1:]
-                hr_crops = (hr.view(batch, c, g, hs // g, g, ws // g).permute(0, 2, 4, 1, 3, 5)
-                            .reshape(batch * g * g, c, hs // g, ws // g))
-                crop_feats = crop_feats + self.unified_resampler(crop_feats, hr_crops)[1]
+                hr = self.hr_features(images_aux, feats)
+                # The crops' windows tile the whole HR map: one mining call over a (g·P)² grid.
+                mined = self.unified_resampler(crops_to_grid(crop_feats, g), hr)[1]
+                crop_feats = crop_feats + grid_to_crops(mined, g)
                 if s.image_global:
-                    hr_glob = F.interpolate(hr.float(), size=(hs // g, ws // g), mode="bilinear",
-                                            align_corners=False).to(hr.dtype)
-                    glob_feats = glob_feats + self.unified_resampler(glob_feats, hr_glob)[1]
+                    hs, ws = hr.shape[-2:]
+                    glob_feats = glob_feats + self.unified_resampler(glob_feats, resize_map(hr, (hs // g, ws // g)))[1]
             tokens = crop_feats.reshape(batch, -1, crop_feats.shape[-1])
             if s.image_global:
                 tokens = torch.cat([glob_feats, tokens], dim=1)
             return inner.mm_projector(tokens)
         feats = self.get_vision_tower()(images)
         if images_aux is not None and self.get_vision_tower_aux() is not None:
-            hr = self.get_vision_tower_aux()(images_aux).to(dtype=feats.dtype, device=feats.device)
-            feats = feats + self.unified_resampler(feats, hr)[1]
+            feats = feats + self.unified_resampler(feats, self.hr_features(images_aux, feats))[1]
         return inner.mm_projector(feats)
 
     # -- splicing (MGM_SPEC §2.8) ---------------------------------------------------------------------

@@ -9,8 +9,11 @@ ours to keep, whatever the library does to its own classes.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from mgm.model.fast_linear import linear
 
 # Architecture of the released LR tower, used only when its folder cannot be found but the checkpoint
 # carries the weights (openai/clip-vit-large-patch14-336).
@@ -75,11 +78,13 @@ class CLIPVisionTower(nn.Module):
         cls = emb.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([cls, patches], dim=1)
         hidden = vm.pre_layrnorm(tokens + emb.position_embedding.weight[: tokens.shape[1]].to(tokens.dtype))
+        fast = not torch.is_grad_enabled()
         for layer in layers[:index]:
-            hidden = layer(hidden, None)
+            hidden = _layer_eval(layer, hidden) if fast else layer(hidden, None)
         return hidden
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """[N, 3, S, S] (or a list of [3, S, S]) -> [N, (S/patch)², hidden] in the input's dtype."""
         if isinstance(images, list):
             return [self.forward(image.unsqueeze(0)) for image in images]
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
@@ -87,3 +92,19 @@ class CLIPVisionTower(nn.Module):
             if self.select_feature == "patch":
                 features = features[:, 1:]
             return features.to(images.dtype)
+
+
+def _layer_eval(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIPEncoderLayer without autograd: [N, T, D] -> [N, T, D], the same function as its forward
+    with SDPA attention, the linears through oneDNN (mgm.model.fast_linear) and in-place residuals."""
+    attn = layer.self_attn
+    if attn.training and attn.dropout > 0:
+        return layer(hidden, None)
+    n, t, d = hidden.shape
+    x = layer.layer_norm1(hidden)
+    q, k, v = (linear(x, proj).view(n, t, attn.num_heads, attn.head_dim).transpose(1, 2)
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    out = F.scaled_dot_product_attention(q, k, v, scale=attn.scale).transpose(1, 2).reshape(n, t, d)
+    hidden = hidden + linear(out, attn.out_proj)
+    x = layer.mlp.activation_fn(linear(layer.layer_norm2(hidden), layer.mlp.fc1))
+    return hidden.add_(linear(x, layer.mlp.fc2))

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgm.model.fast_linear import linear
+from mgm.model.vision.multiscale import MultiScaleMap
+
 # timm/open_clip ConvNeXt trunks used by MGM variants (convnext_large_d_320, convnext_base_w_320,
 # convnext_xxlarge all name their timm trunk in `vision_cfg.timm_model_name`).
 TIMM_CONVNEXT_ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -115,21 +118,54 @@ class ConvNeXtTower(nn.Module):
     def device(self) -> torch.device:
         return self.vision_stem[0].weight.device
 
+    def stage_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[N, 3, S, S] -> the four stage outputs [N, C_s, S/4/2^s, S/4/2^s].
+
+        Without gradients the trunk runs in channels_last (the blocks' LayerNorm and MLP then read
+        the depthwise conv's output in place, no permuted copies) with `_block_eval`.
+        """
+        x = images.to(device=self.device, dtype=self.dtype)
+        fast = not torch.is_grad_enabled()
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.vision_stem(x)
+        outs = []
+        for stage in self.vision_stages:
+            if fast:
+                x = stage.downsample(x)
+                for block in stage.blocks:
+                    x = _block_eval(block, x)
+            else:
+                x = stage(x)
+            outs.append(x)
+        return outs
+
+    def features(self, images: torch.Tensor) -> MultiScaleMap:
+        """The tower's output [N, Σ dims, S/4, S/4] kept factored (stage maps + resize matrices)."""
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return MultiScaleMap.upsampled(self.stage_maps(images))
+
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         if isinstance(images, list):
             return [self.forward(image.unsqueeze(0)) for image in images]
+        # Later stages are upsampled in float32 like the original, then cast back (MultiScaleMap.dense).
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            x = self.vision_stem(images.to(device=self.device, dtype=self.dtype))
-            outs = []
-            for stage in self.vision_stages:
-                x = stage(x)
-                outs.append(x)
-            size = outs[0].shape[-2:]
-            # Later stages are upsampled in float32 like the original, then cast back.
-            resized = [outs[0]] + [
-                F.interpolate(o.float(), size=size, mode="bilinear", align_corners=False).to(o.dtype) for o in outs[1:]
-            ]
-            return torch.cat(resized, dim=1).to(images.dtype)
+            return self.features(images).dense().to(images.dtype)
+
+
+def _block_eval(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm ConvNeXtBlock without autograd: x + γ ⊙ fc2(GELU(fc1(LN(dwconv(x))))) in channels_last,
+    GELU fused into fc1 and γ and the residual into one addcmul. Other block variants (conv MLP,
+    strided shortcut, active drop-path, no layer scale) run their own forward."""
+    simple = (not block.use_conv_mlp and block.gamma is not None and isinstance(block.shortcut, nn.Identity)
+              and isinstance(block.mlp.norm, nn.Identity) and isinstance(block.mlp.act, nn.GELU)
+              and block.mlp.act.approximate == "none" and (not block.training or isinstance(block.drop_path, nn.Identity)))
+    if not simple:
+        return block(x)
+    y = block.conv_dw(x).permute(0, 2, 3, 1)  # a view when x is channels_last: [N, H, W, C]
+    y = F.layer_norm(y, block.norm.normalized_shape, block.norm.weight, block.norm.bias, block.norm.eps)
+    y = linear(linear(y, block.mlp.fc1, gelu=True), block.mlp.fc2)
+    return torch.addcmul(x.permute(0, 2, 3, 1), y, block.gamma).permute(0, 3, 1, 2)
 
 
 def strip_open_clip_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,69 @@
+"""Linear layers through oneDNN on CPU when no gradient is needed (towers, mining, LLM decode).
+
+torch's CPU `F.linear` calls MKL's sgemm, which on the AMD EPYC machines this project runs on is
+1.4-2.3× slower than oneDNN's matmul for every shape MGM uses (ConvNeXt MLPs, CLIP layers, the LLM
+head at one token per step; measured with benchmarks/bench_inference.py). `torch.ops.mkldnn.
+_linear_pointwise` (the kernel torch.compile's CPU backend emits) computes the same function, float
+rounding aside, and fuses GELU into the matmul. It has no autograd formula, so `linear` falls back to
+F.linear whenever a gradient may be needed, off CPU, or for dtypes other than float32/bfloat16.
+`set_enabled(False)` turns it off (benchmarks use it to measure what it buys).
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_STATE: dict[str, bool | None] = {"enabled": True, "works": None}
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use oneDNN linears (True, default) or always F.linear (False)."""
+    _STATE["enabled"] = enabled
+
+
+def _works() -> bool:
+    """Whether this torch build has the kernel and it agrees with F.linear (checked once)."""
+    if _STATE["works"] is None:
+        try:
+            x, w, b = torch.randn(3, 8), torch.randn(4, 8), torch.randn(4)
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+            _STATE["works"] = bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            _STATE["works"] = False
+    return bool(_STATE["works"])
+
+
+def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not _STATE["enabled"] or x.device.type != "cpu" or x.dtype not in _DTYPES or weight.dtype != x.dtype:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return weight.device.type == "cpu" and x.dim() >= 2 and _works()
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
+    """layer(x), followed by exact GELU when `gelu` (fused into the matmul on the oneDNN path)."""
+    if _eligible(x, layer.weight):
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none",
+                                                  [], "none" if gelu else "")
+    y = F.linear(x, layer.weight, layer.bias)
+    return F.gelu(y) if gelu else y
+
+
+def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, self)
+
+
+def use_onednn_linears(model: nn.Module) -> int:
+    """Route every plain `nn.Linear` of `model` through `linear` (subclasses such as quantised or
+    LoRA layers keep their own forward). Returns how many layers were switched."""
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.Linear and "forward" not in module.__dict__:
+            module.forward = types.MethodType(_forward, module)
+            count += 1
+    return count
