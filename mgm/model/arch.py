@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from mgm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mgm.constants import IGNORE_INDEX
 from mgm.errors import UserError
 from mgm.model.checkpoint_files import CheckpointFiles
 from mgm.model.mining import build_mining_projectors, crops_to_grid, grid_to_crops, mine_patches
 from mgm.model.projector import build_vision_projector
 from mgm.model.settings import MGMSettings
+from mgm.model.splice import assign_images, splice
 from mgm.model.vision.clip import CLIPVisionTower
 from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
 from mgm.model.vision.multiscale import MultiScaleMap, resize_map
@@ -164,6 +165,15 @@ def _load_clip_folder(tower: CLIPVisionTower, folder: Path | None) -> None:
         raise UserError(f"CLIP tower folder {folder}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
 
 
+def missing_images_aux_message(settings: MGMSettings) -> str:
+    """Why a checkpoint with an HR tower refuses `images` without `images_aux`, and how to build both."""
+    return (f"this checkpoint has a high-res tower (mm_vision_tower_aux: {settings.vision_tower_aux}) but no "
+            "images_aux were given, so its high-res branch would be skipped silently. Build both tensors from "
+            "the same PIL images: `images, images_aux = mgm.data.image.images_to_batch(pil_images, "
+            "image_processor, model.mgm_settings)` (the low-res view is derived from the high-res one, so "
+            "images_aux cannot be rebuilt from `images`)")
+
+
 class MGMMetaForCausalLM:
     """Mixin for the causal LM: image encoding, splicing and generation over any HF decoder family."""
 
@@ -209,6 +219,8 @@ class MGMMetaForCausalLM:
         Base (g = 1): images [B, 3, s, s], images_aux [B, 3, S, S] -> [B, P², H].
         HD (g > 1): images [B, g²(+1), 3, s, s] (global view last), images_aux [B, 3, S, S]
         -> [B, (1 +) g²·P², H] with the global tokens first.
+        `images_aux=None` skips mining here, as the original did; `forward`/`generate` refuse that on a
+        checkpoint with an HR tower (see `missing_images_aux_message`).
         """
         s = self.mgm_settings
         g = s.image_grid
@@ -256,6 +268,17 @@ class MGMMetaForCausalLM:
             images_aux = torch.stack(images_aux)
         if s.tune_mm_mlp_adapter and s.mm_use_im_start_end:
             raise NotImplementedError("mm_use_im_start_end with tune_mm_mlp_adapter is not supported")
+        if images_aux is None and self.get_vision_tower_aux() is not None:
+            raise UserError(missing_images_aux_message(s))
+        orig_labels, orig_position_ids, orig_mask = labels, position_ids, attention_mask
+        attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                          else attention_mask.bool())
+        if labels is None:
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
+        slots = assign_images(input_ids, attention_mask, images.shape[0])
+        if images_aux is not None and images_aux.shape[0] != images.shape[0]:
+            raise UserError(f"{images.shape[0]} images but {images_aux.shape[0]} images_aux were given; "
+                            "each image needs its high-res tensor")
         features = self.encode_images(images, images_aux)
         embed = self.get_model().embed_tokens
         # Families whose embedding scales token rows (Gemma: x√H) scale image rows the same way,
@@ -263,62 +286,9 @@ class MGMMetaForCausalLM:
         scale = getattr(embed, "scalar_embed_scale", None)
         if scale is not None and scale != 1.0:
             features = features * torch.tensor(scale, dtype=features.dtype)
-
-        orig_labels, orig_position_ids, orig_mask = labels, position_ids, attention_mask
-        attention_mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
-                          else attention_mask.bool())
-        if labels is None:
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-        rows_ids = [ids[m] for ids, m in zip(input_ids, attention_mask)]
-        rows_labels = [lab[m] for lab, m in zip(labels, attention_mask)]
-
-        new_embeds, new_labels = [], []
-        k = 0
-        for ids, lab in zip(rows_ids, rows_labels):
-            where = torch.nonzero(ids == IMAGE_TOKEN_INDEX, as_tuple=True)[0].tolist()
-            if not where:
-                # The empty slice keeps the row's image features in the graph: under ZeRO-3 every rank
-                # must run the same backward ops, or gradient reduction waits forever.
-                te = embed(ids)
-                new_embeds.append(torch.cat([te, features[k][0:0].to(te.device)], dim=0))
-                new_labels.append(lab)
-                k += 1
-                continue
-            bounds = [-1] + where + [ids.shape[0]]
-            text_ids = [ids[bounds[i] + 1: bounds[i + 1]] for i in range(len(bounds) - 1)]
-            text_labels = [lab[bounds[i] + 1: bounds[i + 1]] for i in range(len(bounds) - 1)]
-            text_embeds = torch.split(embed(torch.cat(text_ids)), [len(t) for t in text_ids], dim=0)
-            pieces, piece_labels = [], []
-            for i, (te, tl) in enumerate(zip(text_embeds, text_labels)):
-                pieces.append(te)
-                piece_labels.append(tl)
-                if i < len(where):
-                    feat = features[k].to(te.device)
-                    k += 1
-                    pieces.append(feat)
-                    piece_labels.append(torch.full((feat.shape[0],), IGNORE_INDEX, device=tl.device, dtype=tl.dtype))
-            new_embeds.append(torch.cat(pieces))
-            new_labels.append(torch.cat(piece_labels))
-
-        if s.model_max_length is not None:
-            new_embeds = [e[: s.model_max_length] for e in new_embeds]
-            new_labels = [lab[: s.model_max_length] for lab in new_labels]
-
-        side = padding_side or s.padding_side
-        batch, max_len = len(new_embeds), max(e.shape[0] for e in new_embeds)
-        dim = new_embeds[0].shape[1]
-        ref = new_embeds[0]
-        embeds_padded = torch.zeros((batch, max_len, dim), dtype=ref.dtype, device=ref.device)
-        labels_padded = torch.full((batch, max_len), IGNORE_INDEX, dtype=new_labels[0].dtype, device=new_labels[0].device)
-        mask = torch.zeros((batch, max_len), dtype=torch.bool, device=attention_mask.device)
-        positions = torch.zeros((batch, max_len), dtype=torch.long, device=ref.device)
-        for i, (e, lab) in enumerate(zip(new_embeds, new_labels)):
-            n = e.shape[0]
-            span = slice(max_len - n, max_len) if side == "left" else slice(0, n)
-            embeds_padded[i, span] = e
-            labels_padded[i, span] = lab
-            mask[i, span] = True
-            positions[i, span] = torch.arange(n, dtype=torch.long, device=ref.device)
+        text_embeds = embed(input_ids.clamp(min=0))  # <image> rows are replaced, never read
+        embeds_padded, labels_padded, mask, positions = splice(
+            text_embeds, features, slots, attention_mask, labels, s.model_max_length, padding_side or s.padding_side)
 
         return (
             None,
