@@ -49,6 +49,7 @@ def test_cli_subprocess_piped_and_bad_input(tiny_zoo, image_file, tmp_path):
                         capture_output=True, env=env, timeout=300)
     assert ok.returncode == 0, ok.stderr
     assert "ASSISTANT:" in ok.stdout and "exit..." in ok.stdout
+    assert "deprecated" not in ok.stdout + ok.stderr and "Warning" not in ok.stdout + ok.stderr
     bad = subprocess.run([sys.executable, "-m", "mgm.serve.cli", "--model-path", ckpt, "--image-file",
                           str(tmp_path / "nope.png"), "--device", "cpu"], input="x\n", text=True,
                          capture_output=True, env=env, timeout=300)

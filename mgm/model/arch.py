@@ -7,9 +7,12 @@ image encoding, splicing image features into the token embeddings, `forward` and
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
 import torch
+from transformers import GenerationMixin
 
 from mgm.constants import IGNORE_INDEX
 from mgm.errors import UserError
@@ -302,13 +305,15 @@ class MGMMetaForCausalLM:
     # -- forward / generate (MGM_SPEC §2.9) -----------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, images=None, images_aux=None, **kwargs):
+        """The original's signature (`past_key_values` kept for its callers; `cache` accepted too)."""
+        cache = _take_cache(past_key_values, kwargs)
         if inputs_embeds is None:
-            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+            (input_ids, position_ids, attention_mask, cache, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
-                    input_ids, position_ids, attention_mask, past_key_values, labels, images, images_aux))
+                    input_ids, position_ids, attention_mask, cache, labels, images, images_aux))
         return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
-                               use_cache=use_cache, **kwargs)
+                               inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                               **{cache_keyword(): cache}, **kwargs)
 
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, images=None, images_aux=None, **kwargs):
@@ -337,10 +342,32 @@ class MGMMetaForCausalLM:
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None,
                                       images=None, images_aux=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values,
-                                                       inputs_embeds=inputs_embeds, **kwargs)
+        cache = _take_cache(past_key_values, kwargs)
+        inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds,
+                                                       **{cache_keyword(): cache}, **kwargs)
         if images is not None:
             inputs["images"] = images
         if images_aux is not None:
             inputs["images_aux"] = images_aux
         return inputs
+
+
+@functools.cache
+def cache_keyword() -> str:
+    """The keyword transformers' decoders take the KV cache under: `cache` from 5.25 on (where
+    `past_key_values` warns and goes in 5.40), `past_key_values` before. Read from the signature."""
+    return "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
+        else "past_key_values"
+
+
+def output_cache(output):
+    """The KV cache of a model output, without the deprecation warning of `output.past_key_values`."""
+    return getattr(output, cache_keyword())
+
+
+def _take_cache(past_key_values, kwargs: dict):
+    """One cache from the original's `past_key_values` or transformers' `cache` (popped from kwargs)."""
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None:
+        raise TypeError("pass the KV cache as `cache` or as `past_key_values`, not both")
+    return past_key_values if cache is None else cache
