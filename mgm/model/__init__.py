@@ -3,7 +3,8 @@
 Registration is what lets `AutoModelForCausalLM.from_pretrained(<MGM checkpoint>)` work, as it did
 with the original package; it is idempotent and touches nothing else.
 """
-from mgm.model.families import classes_for_model_type, family_classes, register_auto_classes
+from mgm.model.families import classes_for_model_type, family_classes
+from mgm.registration import register_auto_classes
 
 register_auto_classes()
 

@@ -224,17 +224,21 @@ class MGMMetaForCausalLM:
         -> [B, (1 +) g²·P², H] with the global tokens first.
         `images_aux=None` skips mining here, as the original did; `forward`/`generate` refuse that on a
         checkpoint with an HR tower (see `missing_images_aux_message`).
+        Images may come in any floating dtype (the original scripts send fp16 whatever the model's
+        dtype): each tower casts to its own dtype, and the features continue in the dtype of the token
+        embeddings, which is the dtype the result comes back in.
         """
         s = self.mgm_settings
         g = s.image_grid
         inner = self.get_model()
+        dtype = inner.embed_tokens.weight.dtype
         if g > 1:
             batch = images.shape[0]
             if s.image_global:
                 views = torch.cat([images[:, :-1].flatten(0, 1), images[:, -1]], dim=0)
             else:
                 views = images.flatten(0, 1)
-            feats = self.get_vision_tower()(views)
+            feats = self.get_vision_tower()(views).to(dtype)
             crop_feats = feats[: batch * g * g]
             glob_feats = feats[batch * g * g:]
             if images_aux is not None:
@@ -249,7 +253,7 @@ class MGMMetaForCausalLM:
             if s.image_global:
                 tokens = torch.cat([glob_feats, tokens], dim=1)
             return inner.mm_projector(tokens)
-        feats = self.get_vision_tower()(images)
+        feats = self.get_vision_tower()(images).to(dtype)
         if images_aux is not None and self.get_vision_tower_aux() is not None:
             feats = feats + self.unified_resampler(feats, self.hr_features(images_aux, feats))[1]
         return inner.mm_projector(feats)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from mgm.errors import UserError
-from mgm.model.families import classes_for_model_type, register_auto_classes
+from mgm.model.families import classes_for_model_type
+from mgm.registration import register_auto_classes
 
 logger = logging.getLogger(__name__)
 
