@@ -76,8 +76,8 @@ def disable_torch_init() -> None:
     """
     import torch
 
-    setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
-    setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
+    torch.nn.Linear.reset_parameters = lambda self: None
+    torch.nn.LayerNorm.reset_parameters = lambda self: None
 
 
 def violates_moderation(text: str, timeout: float = 5.0) -> bool:
