@@ -1,0 +1,1 @@
+"""The original module paths of the vision towers (`mgm.model.multimodal_encoder.*`)."""

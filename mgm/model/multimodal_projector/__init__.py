@@ -1,0 +1,1 @@
+"""The original module path of the projector builder (`mgm.model.multimodal_projector.builder`)."""
