@@ -325,6 +325,8 @@ class MGMMetaForCausalLM:
 
         Batches may mix rows with images and text-only rows; rows are re-padded on the left.
         """
+        if inputs is None:  # HF callers (the image-text-to-text pipeline) name them input_ids
+            inputs = kwargs.pop("input_ids", None)
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)
         if "inputs_embeds" in kwargs:

@@ -166,16 +166,24 @@ def build_image_processor(model):
     return processor
 
 
-def _add_image_tokens(model, tokenizer) -> None:
+def add_image_tokens(tokenizer, config) -> None:
+    """Add the tokens an MGM config asks for (`<im_patch>`, `<im_start>`/`<im_end>`) to `tokenizer`; idempotent."""
     from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+    from mgm.model.settings import MGMSettings
 
-    s = model.mgm_settings if model.get_vision_tower() is not None else None
-    if s is None:
+    s = MGMSettings.from_config(config)
+    if not s.vision_tower:
         return
     if s.mm_use_im_patch_token:
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
     if s.mm_use_im_start_end:
         tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+
+
+def _add_image_tokens(model, tokenizer) -> None:
+    if model.get_vision_tower() is None:
+        return
+    add_image_tokens(tokenizer, model.config)
     # Grow only: shrinking would cut rows a padded vocabulary relies on (MGM_SPEC §10.9).
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
