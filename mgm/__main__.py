@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("eval",), "mgm.eval.cli", "answer and score benchmarks: mgm eval textvqa --model-path PATH (--list)"),
     (("zoo", "tiny"), "mgm.zoo.tiny", "build the tiny random model zoo: mgm zoo tiny --out DIR"),
+    (("export",), "mgm.model.export", "self-contained checkpoint folder (towers, processor, card): mgm export SRC OUT"),
     (("chat",), "mgm.serve.cli", "chat with a checkpoint in the terminal (python -m mgm.serve.cli)"),
     (("train",), "mgm.train.train", "train (python mgm/train/train.py flags)"),
     (("inspect",), "mgm.data.inspect", "show one training sample as the model sees it (prompt, ids, labels)"),

@@ -25,7 +25,6 @@ from transformers.processing_utils import ProcessorMixin
 from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
 from mgm.mm_utils import tokenizer_image_token
-from mgm.model.builder import add_image_tokens
 from mgm.processing.chat_templates import all_chat_templates
 from mgm.processing.image_processor import MGMImageProcessor
 
@@ -69,7 +68,11 @@ class MGMProcessor(ProcessorMixin):
             processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         config = _read_model_config(folder) if folder.is_dir() else None
         if config is not None:
+            from mgm.model.builder import add_image_tokens  # late: mgm.model registers this module's classes
+
             add_image_tokens(processor.tokenizer, config)
+        if processor.tokenizer.chat_template != processor.chat_template:
+            processor.tokenizer.chat_template = processor.chat_template  # one template set for both
         return processor
 
     @classmethod
@@ -102,7 +105,8 @@ class MGMProcessor(ProcessorMixin):
         unknown = set(kwargs) - _IGNORED_KWARGS
         if unknown:
             raise TypeError(f"MGMProcessor got unexpected arguments {sorted(unknown)}; valid: return_tensors, "
-                            "padding, padding_side, add_special_tokens")
+                            "padding, padding_side, add_special_tokens (with a pipeline, generation options go "
+                            "in generate_kwargs={...})")
         if text is None:
             raise ValueError("MGMProcessor needs `text`: a prompt with one <image> tag per image")
         texts = [text] if isinstance(text, str) else list(text)
