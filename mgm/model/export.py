@@ -86,8 +86,8 @@ def _check_source(src: Path) -> dict:
     return config
 
 
-def _resolve_towers(src: Path, config: dict) -> dict[str, tuple[str, str, Path]]:
-    """{tower: (config key, recorded path, folder)} for the towers the config names, found as the model finds them."""
+def _resolve_towers(src: Path, config: dict) -> dict[str, tuple[str, Path]]:
+    """{tower: (recorded path, folder)} for the towers the config names, found as the model finds them."""
     from mgm.model.vision.registry import missing_tower_error, resolve_tower_path
 
     out = {}
@@ -100,7 +100,7 @@ def _resolve_towers(src: Path, config: dict) -> dict[str, tuple[str, str, Path]]
         if folder is None:
             raise missing_tower_error("LR (CLIP)" if tower == "vision_tower" else "HR (ConvNeXt)", key, recorded,
                                       str(src), None)
-        out[tower] = (key, recorded, folder)
+        out[tower] = (recorded, folder)
     return out
 
 
@@ -147,7 +147,7 @@ def export_self_contained(src: str | Path, out: str | Path, force: bool = False)
                 shutil.copy2(src / name, tmp / SET_ASIDE_DIR / name)
                 set_aside[name] = f"{SET_ASIDE_DIR}/{name}"
         bundled = {}
-        for tower, (key, recorded, folder) in towers.items():
+        for tower, (recorded, folder) in towers.items():
             taken = {Path(b).name for b in bundled.values()}
             name = folder.name if folder.name not in taken else f"{folder.name}-{tower}"
             shutil.copytree(folder, tmp / TOWERS_DIR / name, symlinks=False)
@@ -167,7 +167,7 @@ def export_self_contained(src: str | Path, out: str | Path, force: bool = False)
             "towers": {tower: {"config_keys": [k for k in TOWER_KEYS[tower] if config.get(k) == bundled[tower]],
                                "original_path": recorded, "source_folder": str(folder.resolve()),
                                "bundled": bundled[tower]}
-                       for tower, (key, recorded, folder) in towers.items()},
+                       for tower, (recorded, folder) in towers.items()},
             "set_aside": set_aside,
             "copied_files": {name: _sha256(tmp / name) for name in copied},
             "default_chat_template": default_template,
@@ -214,7 +214,7 @@ def export_original(src: str | Path, out: str | Path, force: bool = False, tower
         _copy_top_level(src, tmp, skip={"config.json", *GENERATED})
         for name, stored in manifest.get("set_aside", {}).items():
             shutil.copy2(src / stored, tmp / name)
-        for tower, entry in manifest.get("towers", {}).items():
+        for entry in manifest.get("towers", {}).values():
             for key in entry["config_keys"]:
                 config[key] = entry["original_path"]
             if towers_to is not None:
