@@ -25,15 +25,25 @@ _registered = False
 def register_auto_classes() -> None:
     """Register every MGM model_type with the transformers Auto classes (idempotent, thread-safe).
 
-    AutoConfig and AutoModelForCausalLM, current and pre-rename (`mini_gemini*`) model types.
+    AutoConfig and AutoModelForCausalLM, current and pre-rename (`mini_gemini*`) model types; the same
+    causal-LM classes for AutoModelForImageTextToText (so `pipeline("image-text-to-text")` works: their
+    `generate` takes input_ids + images); MGMProcessor / MGMImageProcessor for AutoProcessor /
+    AutoImageProcessor.
     """
     global _registered
     with _lock:
         if _registered:
             return
+        from transformers import AutoModelForImageTextToText
+
+        from mgm.model.families import family_classes
         from mgm.model.families import register_auto_classes as register_families
+        from mgm.processing import register_processor_classes
 
         register_families()
+        for config_cls, _, causal_cls in family_classes().values():
+            AutoModelForImageTextToText.register(config_cls, causal_cls, exist_ok=True)
+        register_processor_classes([config_cls for config_cls, _, _ in family_classes().values()])
         _registered = True
 
 

@@ -76,3 +76,41 @@ def test_pipeline_and_auto_classes_match_engine(name, tiny_zoo, loaded_models):
     answer = pipe(text=messages(), max_new_tokens=MAX_NEW, generate_kwargs={"do_sample": False})[0]["generated_text"][-1]
     assert answer["role"] == "assistant"
     assert answer["content"] == processor.decode(out[0], skip_special_tokens=True)
+
+
+BARE_IMPORT = """
+import sys
+import mgm
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+exported, original, saved = sys.argv[1:4]
+names = [type(AutoProcessor.from_pretrained(exported)).__name__,
+         type(AutoProcessor.from_pretrained(saved)).__name__,
+         type(AutoImageProcessor.from_pretrained(exported)).__name__,
+         type(AutoModelForImageTextToText.from_pretrained(exported)).__name__,
+         type(pipeline("image-text-to-text", model=original).processor).__name__]
+print(" ".join(names))
+"""
+
+
+def test_bare_import_mgm_is_enough_for_the_auto_classes(tiny_zoo, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mgm.model.export import export_self_contained
+    from mgm.processing import MGMProcessor
+
+    source = tiny_zoo["checkpoints"]["MGM-Tiny-Gemma"]["path"]
+    exported = export_self_contained(source, tmp_path / "exported")
+    saved = tmp_path / "saved"  # a checkpoint folder the processor was saved into
+    shutil.copytree(source, saved)
+    MGMProcessor.from_pretrained(saved).save_pretrained(saved)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", BARE_IMPORT, str(exported), source, str(saved)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["MGMProcessor", "MGMProcessor", "MGMImageProcessor", "MGMGemmaForCausalLM",
+                                   "MGMProcessor"]

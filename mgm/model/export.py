@@ -185,8 +185,7 @@ def _write_processor(folder: Path) -> str:
     """Save the processor files of `folder` into it (tokenizer files stay the source's bytes)."""
     from mgm.conversation import template_for_model_config
     from mgm.processing import MGMProcessor
-
-    import mgm.model  # noqa: F401  (registers the Auto classes the processor files name)
+    from mgm.processing.processor import _read_model_config, drop_class_names
 
     processor = MGMProcessor.from_checkpoint(folder)
     with tempfile.TemporaryDirectory() as scratch:
@@ -195,8 +194,7 @@ def _write_processor(folder: Path) -> str:
             shutil.copy2(Path(scratch) / name, folder / name)
         for name in PROCESSOR_DIRS:
             shutil.copytree(Path(scratch) / name, folder / name)
-    from mgm.processing.processor import _read_model_config
-
+    drop_class_names(folder)
     return template_for_model_config(_read_model_config(folder), processor.tokenizer)
 
 
@@ -265,7 +263,7 @@ An MGM (Mini-Gemini) checkpoint, `model_type: {config.get('model_type')}`, expor
 
 ## Use
 ```python
-import mgm.model  # registers the MGM classes with transformers
+import mgm  # registers the MGM classes with transformers (on first use)
 from transformers import pipeline
 
 pipe = pipeline("image-text-to-text", model="{name}")

@@ -13,7 +13,6 @@ from functools import cache
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForImageTextToText,
     GemmaConfig,
     GemmaForCausalLM,
     GemmaModel,
@@ -105,8 +104,7 @@ def family_classes() -> dict[str, tuple[type, type, type]]:
 
 
 def register_auto_classes() -> None:
-    """Register every MGM model_type with AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText,
-    AutoProcessor and AutoImageProcessor (idempotent).
+    """Register every MGM model_type with AutoConfig / AutoModelForCausalLM (idempotent).
 
     Also gives each MGM model_type the checkpoint conversion of its base family (transformers 5 fuses
     Mixtral's per-expert weights on load and splits them back on save), so released checkpoints load
@@ -125,11 +123,6 @@ def register_auto_classes() -> None:
     for model_type, (config_cls, _, causal_cls) in family_classes().items():
         AutoConfig.register(model_type, config_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
-        # the same class answers `pipeline("image-text-to-text")`: generate() takes input_ids + images
-        AutoModelForImageTextToText.register(config_cls, causal_cls, exist_ok=True)
-    from mgm.processing import register_processor_classes  # late: mgm.processing imports the loader
-
-    register_processor_classes([config_cls for config_cls, _, _ in family_classes().values()])
 
 
 def classes_for_model_type(model_type: str) -> tuple[type, type, type]:

@@ -1,7 +1,7 @@
 """Hugging Face processing for MGM: `MGMProcessor`, `MGMImageProcessor` and the chat templates.
 
 `register_processor_classes()` makes `AutoProcessor` / `AutoImageProcessor` return them for every MGM
-config class; `mgm.model.families.register_auto_classes` calls it, so importing `mgm.model` is enough.
+config class; `mgm.registration.register_auto_classes` calls it, so `import mgm` is enough.
 """
 from mgm.processing.chat_templates import all_chat_templates, chat_template_for
 from mgm.processing.image_processor import MGMImageProcessor

@@ -50,6 +50,13 @@ class MGMProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None) -> None:
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save as transformers does; in a model folder (one with config.json) without the class names."""
+        files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if (Path(save_directory) / "config.json").is_file():
+            drop_class_names(Path(save_directory), tokenizer_too=True)
+        return files
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "images", "images_aux"]
@@ -60,7 +67,8 @@ class MGMProcessor(ProcessorMixin):
         """A saved processor folder, or a plain MGM checkpoint folder (built from its config)."""
         folder = Path(pretrained_model_name_or_path)
         saved = folder / "processor_config.json"
-        if saved.is_file() and json.loads(saved.read_text()).get("processor_class") == cls.__name__:
+        saved_dict = json.loads(saved.read_text()) if saved.is_file() else {}
+        if "image_processor" in saved_dict and saved_dict.get("processor_class") in (None, cls.__name__):
             processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         elif folder.is_dir():
             processor = cls.from_checkpoint(folder, **kwargs)
@@ -199,3 +207,23 @@ def _read_model_config(folder: Path):
         return None
     return config_cls.from_pretrained(str(folder))
 
+
+
+def drop_class_names(folder: Path, tokenizer_too: bool = False) -> None:
+    """Remove the class names from a model folder's processor_config.json (and tokenizer_config.json).
+
+    The Auto classes then resolve the processor from config.json's model type, and that lookup is what
+    registers the MGM classes after a bare `import mgm`; a class name would be looked up (and missed)
+    before anything registers them.
+    """
+    file = folder / "processor_config.json"
+    data = json.loads(file.read_text())
+    data.pop("processor_class", None)
+    if isinstance(data.get("image_processor"), dict):
+        data["image_processor"].pop("image_processor_type", None)
+    file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tokenizer_file = folder / "tokenizer_config.json"
+    if tokenizer_too and tokenizer_file.is_file():
+        data = json.loads(tokenizer_file.read_text())
+        if data.pop("processor_class", None) is not None:
+            tokenizer_file.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
