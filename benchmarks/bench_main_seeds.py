@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mgm.zoo.pipeline import score_rows  # noqa: E402
+from mgm.zoo.report import score_rows  # noqa: E402
 
 MGM_LABEL, LR_LABEL = "MGM (HR+LR)", "LR-only"
 

@@ -71,7 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if entry is None:
         print(f"error: {module_name} has no main(); cannot run `mgm {' '.join(words)}`", file=sys.stderr)
         return 2
-    result = entry(args[len(words):])
+    # `--help` of the tool then shows `mgm chat`, not the module path (see mgm.program).
+    saved, sys.argv[0] = sys.argv[0], " ".join(("mgm", *words))
+    try:
+        result = entry(args[len(words):])
+    finally:
+        sys.argv[0] = saved
     return result if isinstance(result, int) else 0
 
 

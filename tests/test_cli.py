@@ -57,6 +57,18 @@ def test_cli_subprocess_piped_and_bad_input(tiny_zoo, image_file, tmp_path):
     assert "nope.png" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_help_names_the_command_typed_and_the_ocr_backend(capsys):
+    from mgm.__main__ import main as mgm_main
+
+    with pytest.raises(SystemExit):
+        mgm_main(["chat", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mgm chat ") and "--ocr-backend {auto,rapidocr,paddle}" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: python -m mgm.serve.cli ")
+
+
 def test_cli_interactive_through_a_terminal(tiny_zoo, image_file):
     pexpect = pytest.importorskip("pexpect")
     ckpt = tiny_zoo["checkpoints"]["MGM-Tiny-Gemma"]["path"]

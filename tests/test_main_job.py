@@ -16,7 +16,9 @@ import torch
 
 from mgm.errors import UserError
 from mgm.zoo import synth
-from mgm.zoo.pipeline import Run, _mc_letter, format_transcript, render_markdown, run_step, score_rows
+from mgm.zoo.pipeline import run_step
+from mgm.zoo.report import render_markdown, score_rows
+from mgm.zoo.scores import Run, _mc_letter, format_transcript
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,6 +167,17 @@ def test_run_step_logs_times_and_reports_failures(tmp_path, capsys):
         run_step("x", [["true"], ["true"]], [tmp_path / "x.log"], None, show=False)
 
 
+def test_run_step_prints_progress_lines_without_a_terminal(tmp_path, capsys):
+    # A training-like command: one "{'loss': ...}" record per step, slower than the line interval.
+    code = "import time\nfor i in range(4):\n    print({'loss': 1.0}, flush=True)\n    time.sleep(0.7)"
+    rc = run_step("train", [[sys.executable, "-c", code]], [tmp_path / "t.log"], None, show=False,
+                  count=r"\{'loss': ", total=4, line_every=0.6)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("   train: ") and "/4 (" in line]
+    assert rc == 0 and len(lines) >= 2, lines
+    done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert done == sorted(done) and done[-1] >= 2 and "elapsed" in lines[-1]
+
+
 def test_transcript_and_choice_parsing():
     log = "\rLoading weights: 100%|###| 144/144\nASSISTANT: blue\nASSISTANT: striped\nexit...\n"
     assert format_transcript(["What color?", "What pattern?", "What digit?"], log) == (
@@ -189,12 +202,28 @@ def test_summary_markdown_has_every_row():
     assert "| MME | score /200 | OCR = digit (fine) | 110.0 | - | - |" in md
     assert "| MMBench | accuracy % | colour (coarse) | 80.0 | - | - |" in md
     assert "| **total** | **12.5** (0.2 min) | **1.20** |" in md and "USER: hi" in md
-    assert "| TextVQA | accuracy % | mean of the fine (fine) | 70.0 | 22.7 | +47.3 |" in md
-    assert "| MMBench | accuracy % | mean of the coarse (coarse) | 80.0 | - | - |" in md
+    assert "| TextVQA | accuracy % | fine mean (pattern, digit, mark) | 70.0 | 22.7 | +47.3 |" in md
+    assert "| MMBench | accuracy % | coarse mean (colour, shape, count) | 80.0 | - | - |" in md
     # TextVQA: all, 3 fine, fine mean (no coarse scores: no coarse mean); MME 5; MMBench: all, 6, 2 means
     assert len(score_rows(scores)) == 5 + 5 + 9
     with pytest.raises(UserError, match="LABEL:CKPT:TRAIN_DIR"):
         Run.parse("no-colons")
+
+
+def test_summary_explains_rows_the_lr_only_run_wins_and_names_the_checkpoints():
+    runs = {"MGM (HR+LR)": {"train_dir": "/w/MGM", "textvqa": {"colour": 90.0, "mark": 20.0, "digit": 90.0},
+                            "mme": {"color": 50.0, "OCR": 160.0}},
+            "LR-only": {"train_dir": "/w/LR-only", "textvqa": {"colour": 95.0, "mark": 26.0, "digit": 10.0},
+                        "mme": {"color": 65.0, "OCR": 170.0}}}
+    md = render_markdown({"runs": runs}, [], None, None)
+    notes = md.split("Rows where LR-only comes out ahead:")[1].split("## Training loss")[0]
+    bullets = [line for line in notes.splitlines() if line.startswith("- ")]
+    assert len(bullets) == 4 and "digit" not in notes  # MGM leads on the digit: no note
+    assert any("MME color (65.0 vs 50.0)" in b and "yes/no questions at chance" in b for b in bullets)
+    assert "TextVQA colour (coarse) (95.0 vs 90.0)" in notes and "low-res view" in notes
+    assert "TextVQA mark (fine) (26.0 vs 20.0)" in notes
+    assert any("MME OCR (170.0 vs 160.0)" in b and "seed" in b for b in bullets)  # far above chance
+    assert "`mgm chat --model-path /w/MGM/stage2 " in md and "| LR-only | `/w/LR-only/stage2`" in md
 
 
 # ----------------------------------------------------------------------------------------------- the script

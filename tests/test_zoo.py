@@ -5,6 +5,9 @@ The zoo is conftest's session-wide `tiny_zoo` (built once). Run: `.venv/bin/pyte
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,16 @@ def test_cli_rejects_unknown_family(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert "llama9" in err and "vicuna" in err and "Traceback" not in err
     assert not (tmp_path / "z" / "manifest.json").exists()
+
+
+def test_command_prints_only_its_result_line(tmp_path: Path) -> None:
+    # Without DS_ACCELERATOR (a newcomer's shell) DeepSpeed, pulled in by save_pretrained, must stay quiet.
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    proc = subprocess.run([sys.executable, "-m", "mgm.zoo.tiny", "--out", str(tmp_path / "z"), "--families", "vicuna"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "" and proc.stdout.strip().startswith("tiny zoo ready:"), proc.stdout + proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------------- tokenizers

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.program import program_name
 
 ERROR_KINDS = ("json", "format", "missing_image", "bad_image", "empty_target")
 WARNING_KINDS = ("over_long",)
@@ -228,7 +229,7 @@ def format_summary(summary: dict, data_path: str, max_report: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.data.check", description=__doc__,
+    parser = argparse.ArgumentParser(prog=program_name("python -m mgm.data.check"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-path", "--data_path", required=True, help="LLaVA conversation .json or .jsonl file")
     parser.add_argument("--image-folder", "--image_folder", default=None,

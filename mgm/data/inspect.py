@@ -20,12 +20,13 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.program import program_name
 
 DEFAULT_MAX_LENGTH = 2048  # the released scripts' --model_max_length
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.data.inspect", description=__doc__,
+    parser = argparse.ArgumentParser(prog=program_name("python -m mgm.data.inspect"), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-path", "--data_path", required=True, help="LLaVA conversation .json or .jsonl file")
     parser.add_argument("--model-path", required=True, help="MGM checkpoint folder or a bare tokenizer folder")

@@ -11,10 +11,12 @@ import sys
 import threading
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.program import program_name
+from mgm.serve.ocr import BACKENDS as OCR_BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mgm.serve.cli", description=__doc__,
+    p = argparse.ArgumentParser(prog=program_name("python -m mgm.serve.cli"), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-path", required=True, help="MGM checkpoint folder (config.json + weights)")
     p.add_argument("--model-base", default=None, help="base LLM for projector-only or LoRA folders")
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-flash-attn", action="store_true")
     p.add_argument("--allow-remote-images", action="store_true", help="allow http(s) URLs in --image-file")
     p.add_argument("--ocr", action="store_true", help="add text read from the image(s) to the first question")
+    p.add_argument("--ocr-backend", default="auto", choices=OCR_BACKENDS,
+                   help="OCR engine for --ocr (default auto: PaddleOCR with local model folders if configured, "
+                        "else rapidocr)")
     p.add_argument("--gen", action="store_true", help="reasoning-driven image generation from <h>...</h>")
     p.add_argument("--gen-model-path", default="stabilityai/stable-diffusion-xl-base-1.0",
                    help="diffusers text-to-image pipeline (folder or hub id) for --gen")
@@ -69,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--ocr needs --image-file")
         from mgm.serve.ocr import build_ocr
 
-        ocr_text = ", ".join(build_ocr().read(image) for image in images)
+        ocr = build_ocr(args.ocr_backend, args.device)
+        ocr_text = ", ".join(ocr.read(image) for image in images)
         print(f"OCR Token: {ocr_text}")
     pipe = None
     if args.gen:

@@ -24,6 +24,7 @@ from typing import Sequence
 import transformers
 
 from mgm.errors import UserError
+from mgm.program import program_name
 
 LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 BITS_CHOICES = (4, 8, 16)
@@ -187,7 +188,7 @@ def build_parser() -> transformers.HfArgumentParser:
     """The parser of the training entry points (all three dataclasses plus `--config`)."""
     parser = transformers.HfArgumentParser(
         (ModelArguments, DataArguments, TrainingArguments),
-        prog="python -m mgm.train.train",
+        prog=program_name("python -m mgm.train.train"),
         description="Train MGM (stage 1: --tune_mm_mlp_adapter True; stage 2: --pretrain_mm_mlp_adapter FILE). "
                     "Launch with python, torchrun or deepspeed. --config FILE.yaml supplies flags (command-line "
                     "flags override it). Old flag names --evaluation_strategy and --warmup_ratio are accepted.",

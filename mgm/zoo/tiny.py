@@ -55,6 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -62,6 +63,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.program import program_name
 from mgm.zoo.llms import LLM_FAMILIES, get_llm_spec
 
 ZOO_FORMAT_VERSION = 1
@@ -217,7 +219,7 @@ def _quiet_transformers() -> Iterator[None]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `python -m mgm.zoo.tiny`."""
     parser = argparse.ArgumentParser(
-        prog="python -m mgm.zoo.tiny",
+        prog=program_name("python -m mgm.zoo.tiny"),
         description="Build the tiny MGM model zoo (random CLIP + ConvNeXt towers, tiny base LLMs with locally "
                     "trained tokenizers, and complete MGM checkpoints in the original on-disk layout) from a "
                     "seed, offline, in a few seconds. The tree is described in DIR/README.md.",
@@ -235,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, build (or reuse), print where the manifest is."""
     args = build_parser().parse_args(argv)
+    # save_pretrained imports DeepSpeed when it is installed (accelerate's unwrap check), and DeepSpeed then
+    # warns that it fell back to the CPU accelerator on a machine without GPU. This process never uses
+    # DeepSpeed, so name its accelerator and keep the output to the one line below.
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     manifest = build_tiny_zoo(args.out, seed=args.seed, families=args.families, force=args.force)
     n_ckpt = len(manifest["checkpoints"]) + len(manifest["stage1"])  # type: ignore[arg-type]
     print(f"tiny zoo ready: {Path(manifest['root']) / 'manifest.json'} "  # type: ignore[arg-type]
