@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from mgm.errors import UserError
-from mgm.model.families import classes_for_model_type
+from mgm.model.families import classes_for_model_type, family_for_llm
+from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
 from mgm.registration import register_auto_classes
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                             f"a projector-only folder needs --model-base")
         model = causal_cls.from_pretrained(str(path), **overrides, **load_kwargs)
         tokenizer_dir = path
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer = use_sentencepiece_decoding(AutoTokenizer.from_pretrained(str(tokenizer_dir)), tokenizer_dir,
+                                           family_for_llm(model_type).key)
 
     _add_image_tokens(model, tokenizer)
     if "device_map" not in load_kwargs:
