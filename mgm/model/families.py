@@ -27,6 +27,8 @@ from transformers import (
     MixtralModel,
 )
 
+from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
 from mgm.errors import UserError
 from mgm.model.arch import MGMMetaForCausalLM, MGMMetaModel
 
@@ -43,13 +45,17 @@ class Family:
     class_stem: str  # "Llama" -> MGMLlamaForCausalLM
     legacy_model_type: str
     config_name: str
+    # Training facts: modules ZeRO-3 must gather as one leaf (a MoE block whose experts run data-dependently,
+    # so hooks per expert would deadlock ranks that route differently).
+    zero3_leaf_modules: tuple[type, ...] = ()
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", LlamaConfig, LlamaModel, LlamaForCausalLM, "mgm", "Llama", "mini_gemini", "MGMConfig"),
     Family("gemma", GemmaConfig, GemmaModel, GemmaForCausalLM, "mgm_gemma", "Gemma", "mini_gemini_gemma", "MGMGemmaConfig"),
     Family("mistral", MistralConfig, MistralModel, MistralForCausalLM, "mgm_mistral", "Mistral", "mini_gemini_mistral", "MGMMistralConfig"),
-    Family("mixtral", MixtralConfig, MixtralModel, MixtralForCausalLM, "mgm_mixtral", "Mixtral", "mini_gemini_mixtral", "MGMMixtralConfig"),
+    Family("mixtral", MixtralConfig, MixtralModel, MixtralForCausalLM, "mgm_mixtral", "Mixtral", "mini_gemini_mixtral",
+           "MGMMixtralConfig", zero3_leaf_modules=(MixtralSparseMoeBlock,)),
 )
 
 
@@ -149,3 +155,11 @@ def family_for_llm(model_type: str) -> Family:
             return fam
     raise UserError(f"LLM model_type {model_type!r} has no MGM family; supported: "
                     + ", ".join(f.config_base.model_type for f in FAMILIES))
+
+
+def find_family_for_llm(model_type: str) -> Family | None:
+    """`family_for_llm`, or None for an LLM without an MGM family (plain-LLM training of any family)."""
+    try:
+        return family_for_llm(model_type)
+    except UserError:
+        return None

@@ -14,7 +14,8 @@ Which parameters train is decided in one place, `set_trainable`, at the end:
 
 Under ZeRO-3 (weights partitioned at construction) weights are written inside `gathered(...)`, the
 parameters the towers and mining read directly (not through a sub-module call) are registered as external
-parameters so DeepSpeed gathers them, and Mixtral's MoE blocks are ZeRO-3 leaf modules.
+parameters so DeepSpeed gathers them, and the family table's ZeRO-3 leaf modules
+(Mixtral's MoE blocks) are set.
 """
 from __future__ import annotations
 
@@ -355,7 +356,7 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mgm.data.tokenizer_setup import setup_tokenizer_for_version
-    from mgm.model.families import family_classes, family_for_llm
+    from mgm.model.families import family_classes, family_for_llm, find_family_for_llm
 
     path = model_args.model_name_or_path
     if not path:
@@ -387,12 +388,14 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     else:
         model = _quiet_load(AutoModelForCausalLM.from_pretrained, path, **load_kwargs)
     model.config.use_cache = False
-    if zero3_enabled() and base_cfg["model_type"] in ("mixtral", "mgm_mixtral", "mini_gemini_mixtral"):
+    known = family or find_family_for_llm(base_cfg["model_type"])
+    leaves = known.zero3_leaf_modules if known else ()
+    if zero3_enabled() and leaves:
         from deepspeed.utils import set_z3_leaf_modules
-        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
 
-        set_z3_leaf_modules(model, [MixtralSparseMoeBlock])
-        logger.info("ZeRO-3: Mixtral MoE blocks gather their experts as one leaf module")
+        set_z3_leaf_modules(model, list(leaves))
+        logger.info("ZeRO-3: %s gather their parameters as one leaf module each",
+                    ", ".join(cls.__name__ for cls in leaves))
     if training_args.bits in (4, 8):
         from peft import prepare_model_for_kbit_training
 
@@ -432,25 +435,3 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
 
     stage = "llm" if not multimodal else ("pretrain" if model_args.tune_mm_mlp_adapter else "finetune")
     return TrainingSetup(model, tokenizer, template_name, processor, multimodal, stage, lora, report)
-
-
-def trainable_summary(model: nn.Module) -> dict[str, int]:
-    """Trainable parameter counts by part: llm, lora, mm_projector, vlm_uni, vision_tower, vision_tower_aux."""
-    out = {"llm": 0, "lora": 0, "mm_projector": 0, "vlm_uni": 0, "vision_tower": 0, "vision_tower_aux": 0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        n = int(getattr(p, "ds_numel", p.numel()))
-        if "lora_" in name:
-            out["lora"] += n
-        elif "mm_projector" in name:
-            out["mm_projector"] += n
-        elif "vlm_uni" in name:
-            out["vlm_uni"] += n
-        elif "vision_tower_aux" in name:
-            out["vision_tower_aux"] += n
-        elif "vision_tower" in name:
-            out["vision_tower"] += n
-        else:
-            out["llm"] += n
-    return out

@@ -18,13 +18,16 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 if __package__ in (None, ""):
     # Run as a file (`deepspeed mgm/train/train.py`): make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mgm.errors import UserError  # noqa: E402
+
+if TYPE_CHECKING:
+    from torch import nn
 
 logger = logging.getLogger("mgm.train")
 
@@ -90,7 +93,7 @@ def train(attn_implementation: str | None = None, argv: Sequence[str] | None = N
     from mgm.data.dataset import DataConfig, LazySupervisedDataset
     from mgm.train.args import parse_args
     from mgm.train.checkpoint import resolve_resume, save_lora
-    from mgm.train.model_init import build_training_setup, trainable_summary
+    from mgm.train.model_init import build_training_setup
     from mgm.train.trainer import MGMTrainer
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -154,6 +157,28 @@ def main(argv: Sequence[str] | None = None, attn_implementation: str | None = No
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts by part: llm, lora, mm_projector, vlm_uni, vision_tower, vision_tower_aux."""
+    out = {"llm": 0, "lora": 0, "mm_projector": 0, "vlm_uni": 0, "vision_tower": 0, "vision_tower_aux": 0}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        n = int(getattr(p, "ds_numel", p.numel()))
+        if "lora_" in name:
+            out["lora"] += n
+        elif "mm_projector" in name:
+            out["mm_projector"] += n
+        elif "vlm_uni" in name:
+            out["vlm_uni"] += n
+        elif "vision_tower_aux" in name:
+            out["vision_tower_aux"] += n
+        elif "vision_tower" in name:
+            out["vision_tower"] += n
+        else:
+            out["llm"] += n
+    return out
 
 
 if __name__ == "__main__":
