@@ -113,6 +113,17 @@ def test_original_layout_round_trip_is_bit_exact(exported, name):
     assert all(torch.equal(original[k], restored[k]) for k in original)
 
 
+def test_original_layout_with_towers_to_answers_identically(exported, tmp_path, monkeypatch):
+    from mgm.model.export import export_original
+
+    name = "MGM-Tiny-Vicuna-Relative"  # recorded tower paths "model_zoo/OpenAI/...", found by folder name
+    back = export_original(exported["moved"] / name, tmp_path / name, towers_to=tmp_path / "towers")
+    assert sorted(p.name for p in (tmp_path / "towers").iterdir()) == ["clip-vit-tiny-patch4-32",
+                                                                       "openclip-convnext-tiny"]
+    monkeypatch.setenv("MGM_TOWER_ROOT", str(tmp_path / "towers"))
+    assert _answer(back) == exported["references"][name]
+
+
 def test_export_refusals(exported, tmp_path):
     from mgm.errors import UserError
     from mgm.model.export import export_original, export_self_contained
