@@ -113,7 +113,7 @@ class MGMImageProcessor(BaseImageProcessor):
         if unknown:
             raise TypeError(f"MGMImageProcessor got unexpected arguments {sorted(unknown)}")
         flat = make_flat_list_of_images(self.fetch_images(images)) if images is not None else []
-        lr, hr = self.views([_as_pil(im) for im in flat])
+        lr, hr = self.views([as_pil(im) for im in flat])
         data = {"images": lr}
         if hr is not None:
             data["images_aux"] = hr
@@ -127,7 +127,7 @@ class MGMImageProcessor(BaseImageProcessor):
         return json.loads(json.dumps(out))  # plain JSON types (tuples -> lists)
 
 
-def _as_pil(image):
+def as_pil(image):
     """PIL image from PIL / numpy HWC / torch CHW input (mgm's preprocessing works on PIL images)."""
     from PIL import Image
 

@@ -26,7 +26,7 @@ from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
 from mgm.mm_utils import tokenizer_image_token
 from mgm.processing.chat_templates import all_chat_templates
-from mgm.processing.image_processor import MGMImageProcessor
+from mgm.processing.image_processor import MGMImageProcessor, as_pil
 
 # Keyword arguments HF callers (pipeline, apply_chat_template) pass that need no action here.
 _IGNORED_KWARGS = frozenset({"truncation", "max_length", "return_mm_token_type_ids", "return_text_replacement_offsets",
@@ -74,7 +74,7 @@ class MGMProcessor(ProcessorMixin):
             processor = cls.from_checkpoint(folder, **kwargs)
         else:
             processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        config = _read_model_config(folder) if folder.is_dir() else None
+        config = read_model_config(folder) if folder.is_dir() else None
         if config is not None:
             from mgm.model.builder import add_image_tokens  # late: mgm.model registers this module's classes
 
@@ -89,7 +89,7 @@ class MGMProcessor(ProcessorMixin):
         from mgm.conversation import template_for_model_config
 
         folder = Path(folder)
-        config = _read_model_config(folder)
+        config = read_model_config(folder)
         if config is None:
             raise UserError(f"{folder} has no MGM config.json: cannot build an MGM processor for it")
         tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("use_fast", "padding_side", "revision")}
@@ -158,9 +158,7 @@ class MGMProcessor(ProcessorMixin):
         for i, (ims, n) in enumerate(zip(per_prompt, counts)):
             if len(ims) != n:
                 raise ValueError(f"prompt {i} has {n} {DEFAULT_IMAGE_TOKEN} tags but {len(ims)} images")
-        from mgm.processing.image_processor import _as_pil
-
-        return [[_as_pil(im) for im in ims] for ims in per_prompt]
+        return [[as_pil(im) for im in ims] for ims in per_prompt]
 
     def _pad(self, rows: list[list[int]], side: str, as_tensors: bool) -> dict:
         tok = self.tokenizer
@@ -193,7 +191,7 @@ class MGMProcessor(ProcessorMixin):
         return self.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
 
 
-def _read_model_config(folder: Path):
+def read_model_config(folder: Path):
     """The folder's MGM config (via the registered config classes), or None if it has none."""
     from mgm.model.families import classes_for_model_type
 
