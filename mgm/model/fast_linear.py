@@ -47,10 +47,16 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
     """layer(x), followed by exact GELU when `gelu` (fused into the matmul on the oneDNN path)."""
-    if _eligible(x, layer.weight):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "gelu" if gelu else "none",
+    return linear_weight(x, layer.weight, layer.bias, gelu)
+
+
+def linear_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                  gelu: bool = False) -> torch.Tensor:
+    """F.linear(x, weight [out, in], bias), then exact GELU when `gelu`."""
+    if _eligible(x, weight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "gelu" if gelu else "none",
                                                   [], "none" if gelu else "")
-    y = F.linear(x, layer.weight, layer.bias)
+    y = F.linear(x, weight, bias)
     return F.gelu(y) if gelu else y
 
 

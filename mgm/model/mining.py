@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mgm.model.fast_linear import linear, linear_weight
 from mgm.model.vision.multiscale import MultiScaleMap
 
 
@@ -65,8 +66,9 @@ def grid_to_crops(tokens: torch.Tensor, g: int) -> torch.Tensor:
 def _fold_query(lr: torch.Tensor, query: nn.Sequential, key: nn.Sequential, dtype: torch.dtype) -> torch.Tensor:
     """q̃ = (Lq(x) Wk) ⊙ γk / √D  [N, L, C]: the key Linear and LayerNorm scale moved to the query side."""
     ln_k, lin_k = key[0], key[1]
-    q = query(lr).to(dtype)
-    folded = q @ lin_k.weight.to(dtype)
+    ln_q = query[0]
+    q = linear(F.layer_norm(lr, ln_q.normalized_shape, ln_q.weight, ln_q.bias, ln_q.eps), query[1]).to(dtype)
+    folded = linear_weight(q, lin_k.weight.to(dtype).t())
     scale = 1.0 / math.sqrt(lr.shape[-1])
     return folded * (ln_k.weight.to(dtype) * scale) if ln_k.weight is not None else folded * scale
 
@@ -76,7 +78,7 @@ def _value_out(pooled: torch.Tensor, value: nn.Sequential, dtype: torch.dtype) -
     ln_v, lin_v = value[0], value[1]
     if ln_v.weight is not None:
         pooled = pooled * ln_v.weight.to(pooled.dtype) + ln_v.bias.to(pooled.dtype)
-    return lin_v(pooled.to(lin_v.weight.dtype)).to(dtype)
+    return linear(pooled.to(lin_v.weight.dtype), lin_v).to(dtype)
 
 
 def mine_patches(
@@ -108,10 +110,12 @@ def mine_patches(
     return _value_out(pooled, value, lr.dtype)
 
 
-def _window_bands(matrix: torch.Tensor | None, n_out: int, n_in: int, grid: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The part of a 1-D resize matrix [n_out, n_in] each of `grid` windows of ps = n_out/grid outputs uses.
+def _window_bands(matrix: torch.Tensor | None, n_out: int, n_in: int, grid: int, device):
+    """Which inputs of a 1-D resize matrix [n_out, n_in] each of `grid` windows (ps = n_out/grid outputs) reads.
 
-    Returns (index [grid, n] of the n consecutive inputs window a reads, band [grid, ps, n] of weights).
+    Returns (index [grid, n] of the n consecutive inputs window a reads, in an input axis padded by
+    (pad_lo, pad_hi) zeros; band [grid, ps, n] of their weights; stride, the step of index between
+    windows when it is regular (window a starting at index[0, 0] + a·stride), else None).
     """
     ps = n_out // grid
     if matrix is None:
@@ -121,9 +125,17 @@ def _window_bands(matrix: torch.Tensor | None, n_out: int, n_in: int, grid: int,
     pos = torch.arange(n_in, device=device)
     lo = torch.where(used, pos, n_in).amin(dim=1)
     hi = torch.where(used, pos, -1).amax(dim=1)
-    n = int((hi - lo).max()) + 1
-    index = lo.clamp(max=n_in - n)[:, None] + torch.arange(n, device=device)
-    return index, torch.gather(m, 2, index[:, None, :].expand(grid, ps, n))
+    stride = n_in // grid if n_in % grid == 0 else None
+    if stride is not None:  # regular windows: pad the axis so every window has the same offset and width
+        base = torch.arange(grid, device=device) * stride
+        first, width = int((lo - base).min()), int((hi - base).max() - (lo - base).min()) + 1
+        pad = (max(0, -first), max(0, first + (grid - 1) * stride + width - n_in))
+        index = base[:, None] + (first + pad[0]) + torch.arange(width, device=device)
+    else:
+        width, pad = int((hi - lo).max()) + 1, (0, 0)
+        index = lo.clamp(max=n_in - width)[:, None] + torch.arange(width, device=device)
+    band = torch.gather(F.pad(m, pad), 2, index[:, None, :].expand(grid, ps, width))
+    return index, band, stride, pad
 
 
 def _stage_windows(x: torch.Tensor, rows, cols, size: tuple[int, int], grid: int):
@@ -137,13 +149,22 @@ def _stage_windows(x: torch.Tensor, rows, cols, size: tuple[int, int], grid: int
     centred = x - mean
     if rows is None and cols is None:
         return group_windows(centred, grid), group_windows(mean, grid)[..., 0], None
-    r_idx, r_band = _window_bands(rows, size[0], x.shape[-2], grid, x.device)
-    c_idx, c_band = _window_bands(cols, size[1], x.shape[-1], grid, x.device)
-    ii, jj = r_idx[:, None, :, None], c_idx[None, :, None, :]  # -> [grid, grid, n_r, n_c]
-    k = r_idx.shape[1] * c_idx.shape[1]
-    patches = centred.permute(0, 2, 3, 1)[:, ii, jj].reshape(n, grid * grid, k, c)
-    means = mean[:, 0][:, ii, jj].reshape(n, grid * grid, k)
-    mix = torch.einsum("aip,bjq->abijpq", r_band, c_band).reshape(grid * grid, -1, k)
+    r_idx, r_band, r_step, r_pad = _window_bands(rows, size[0], x.shape[-2], grid, x.device)
+    c_idx, c_band, c_step, c_pad = _window_bands(cols, size[1], x.shape[-1], grid, x.device)
+    n_r, n_c = r_idx.shape[1], c_idx.shape[1]
+
+    def gather(t: torch.Tensor) -> torch.Tensor:  # [N, C', H_s, W_s] -> [N, L, n_r·n_c, C']
+        t = F.pad(t, (*c_pad, *r_pad)).permute(0, 2, 3, 1)  # [N, H, W, C'] (padded)
+        if r_step is not None and c_step is not None:  # windows as strided views, one copy below
+            t = t[:, int(r_idx[0, 0]):, int(c_idx[0, 0]):].unfold(1, n_r, r_step)[:, :grid]
+            t = t.unfold(2, n_c, c_step)[:, :, :grid].permute(0, 1, 2, 4, 5, 3)  # [N, g, g, n_r, n_c, C']
+        else:
+            t = t.index_select(1, r_idx.flatten()).index_select(2, c_idx.flatten())
+            t = t.view(n, grid, n_r, grid, n_c, -1).transpose(2, 3)
+        return t.reshape(n, grid * grid, n_r * n_c, t.shape[-1])
+
+    patches, means = gather(centred), gather(mean)[..., 0]
+    mix = torch.einsum("aip,bjq->abijpq", r_band, c_band).reshape(grid * grid, -1, n_r * n_c)
     return patches, means, mix
 
 
@@ -164,30 +185,37 @@ def mine_patches_multiscale(lr: torch.Tensor, hr: MultiScaleMap, query: nn.Seque
     q_folded = _fold_query(lr, query, key, f32)  # [N, L, C]
     widths = [s.shape[1] for s in hr.stages]
     total = sum(widths)
-    parts = []  # per stage: (patches, mix, q·x' mixed [N,L,p], resized means [N,L,p], Σ resized x'² [N,L,p])
+    windows, dots, means, sq = [], [], [], []  # per stage; the last three [N, L, p] each
     for x, rows, cols, q_s in zip(hr.stages, hr.rows, hr.cols, q_folded.split(widths, dim=-1)):
-        patches, means, mix = _stage_windows(x.to(device=lr.device, dtype=f32), rows, cols, hr.size, grid)
-        dots = (patches @ q_s[..., None])[..., 0]  # [N, L, K]
+        patches, stage_means, mix = _stage_windows(x.to(device=lr.device, dtype=f32), rows, cols, hr.size, grid)
+        stage_dots = (patches @ q_s[..., None])[..., 0]  # [N, L, K]
         if mix is None:
-            sq = patches.square().sum(-1)
+            sq.append(torch.linalg.vector_norm(patches, dim=-1).square())
         else:
             gram = patches @ patches.transpose(-1, -2)  # [N, L, K, K]
-            sq = ((mix @ gram) * mix).sum(-1)
-            dots, means = (torch.einsum("lpk,nlk->nlp", mix, t) for t in (dots, means))
-        parts.append((patches, mix, dots, means, sq, q_s.sum(-1, keepdim=True)))
-    mu = sum(c * p[3] for c, p in zip(widths, parts)) / total  # [N, L, p]
-    var = sum(p[4] + c * (p[3] - mu).square() for c, p in zip(widths, parts)) / total
-    var = var.clamp_min(0)
+            sq.append(((mix @ gram) * mix).sum(-1))
+            stage_dots, stage_means = (torch.einsum("lpk,nlk->nlp", mix, t) for t in (stage_dots, stage_means))
+        windows.append((patches, mix))
+        dots.append(stage_dots)
+        means.append(stage_means)
+    # The per-pixel bookkeeping runs on stacked [S, N, L, p] tensors: a few ops instead of a few per stage.
+    width = torch.tensor(widths, dtype=f32, device=lr.device).view(-1, 1, 1, 1)
+    means = torch.stack(means)
+    mu = (means * width).sum(0) / total  # [N, L, p]
+    offset = means - mu  # (M t_s)_j - μ_j, [S, N, L, p]
+    var = ((torch.stack(sq).sum(0) + (offset.square() * width).sum(0)) / total).clamp_min(0)
     ln_k, ln_v = key[0], value[0]
     rstd_k = torch.rsqrt(var + ln_k.eps)
     rstd_v = rstd_k if ln_v.eps == ln_k.eps else torch.rsqrt(var + ln_v.eps)
-    scores = rstd_k * sum(p[2] + (p[3] - mu) * p[5] for p in parts)
+    q_sums = torch.stack([q_s.sum(-1, keepdim=True) for q_s in q_folded.split(widths, dim=-1)])  # [S, N, L, 1]
+    scores = torch.stack(dots).addcmul(offset, q_sums).sum(0) * rstd_k
     weights = torch.nan_to_num(scores).softmax(dim=-1)  # the original applies nan_to_num to the scores
     u = weights * rstd_v  # [N, L, p]
+    shifts = (offset * u).sum(-1, keepdim=True)  # [S, N, L, 1]
     pooled = []
-    for patches, mix, _, means, _, _ in parts:
+    for (patches, mix), shift in zip(windows, shifts):
         v = u if mix is None else torch.einsum("nlp,lpk->nlk", u, mix)
-        pooled.append((v[..., None, :] @ patches)[..., 0, :] + (u * (means - mu)).sum(-1, keepdim=True))
+        pooled.append((v[..., None, :] @ patches)[..., 0, :] + shift)
     return _value_out(torch.cat(pooled, dim=-1), value, lr.dtype)
 
 
