@@ -10,6 +10,10 @@ from __future__ import annotations
 CONTROLLER_HEART_BEAT_EXPIRATION = 30
 WORKER_HEART_BEAT_INTERVAL = 15
 
+# Largest image (width * height) the CLI, the data loader and the servers decode: 8192 x 8192, under
+# PIL's own decompression-bomb thresholds (89 Mpx warning, 179 Mpx error).
+MAX_IMAGE_PIXELS = 8192 * 8192
+
 # Where the serving stack writes its logs and conversation records.
 LOGDIR = "."
 

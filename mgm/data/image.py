@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mgm.constants import MAX_IMAGE_PIXELS
 from mgm.errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -154,6 +154,8 @@ def open_image(source: str | Path | bytes, name: str | None = None, allow_remote
         source = resp.content
     if not isinstance(source, bytes):
         path = Path(source)
+        if path.is_dir():
+            raise UserError(f"image file {label} is a directory, not an image file")
         if not path.is_file():
             raise UserError(f"image file {label} does not exist")
         if path.stat().st_size > MAX_IMAGE_BYTES:
@@ -172,7 +174,10 @@ def open_image(source: str | Path | bytes, name: str | None = None, allow_remote
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise UserError(f"image {label} is too large (decompression-bomb guard, limit {max_pixels} pixels)") from None
     except Exception as exc:
-        raise UserError(f"{label} is not a readable image ({type(exc).__name__}: {exc})") from None
+        # PIL names the BytesIO it was given ("<_io.BytesIO object at 0x...>"), not the source: say which
+        detail = "not an image format PIL can read" if isinstance(exc, Image.UnidentifiedImageError) else \
+            f"{type(exc).__name__}: {exc}"
+        raise UserError(f"{label} is not a readable image ({detail})") from None
     return image
 
 

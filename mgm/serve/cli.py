@@ -1,18 +1,20 @@
 """Interactive (or piped) multi-turn chat with an MGM checkpoint: `python -m mgm.serve.cli` (MGM_SPEC §7.1).
 
 Type questions after the prompt; an empty line or end of input exits. Questions may also be piped on
-standard input, one per line, for scripting. The template comes from the model's config; `--conv-mode`
-overrides it.
+standard input, one per line, for scripting (it must be UTF-8 text). The template comes from the model's
+config; `--conv-mode` overrides it. Flags are checked before the model loads.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import threading
+from pathlib import Path
 
 from mgm.errors import UserError, exit_on_user_error
 from mgm.program import program_name
 from mgm.serve.ocr import BACKENDS as OCR_BACKENDS
+from mgm.serve.protocol import MAX_TEMPERATURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-file", default=None, help="image path(s), comma-separated for several images")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--conv-mode", default=None, help="prompt template (default: chosen from the model config)")
-    p.add_argument("--temperature", type=float, default=0.2, help="0 = greedy (default 0.2)")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.2,
+                   help=f"0 = greedy, up to {MAX_TEMPERATURE:g} (default 0.2)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling, in (0, 1] (default: none)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per answer, >= 1 (default 512)")
     p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
     p.add_argument("--use-flash-attn", action="store_true")
@@ -43,18 +46,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """UserError naming the flag for values generation would fail on (or silently misuse) later."""
+    if args.load_8bit and args.load_4bit:
+        raise UserError("--load-8bit and --load-4bit are mutually exclusive")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.temperature <= MAX_TEMPERATURE:
+        raise UserError(f"--temperature must be between 0 (greedy) and {MAX_TEMPERATURE:g}, got {args.temperature:g}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+    for source in (args.image_file or "").split(","):
+        source = source.strip()
+        if source and not source.startswith(("http://", "https://")) and Path(source).is_dir():
+            raise UserError(f"--image-file {source} is a directory; give image files (comma-separated)")
+
+
 def _read_line(prompt: str, interactive: bool) -> str | None:
+    """One line of input (None at the end); UserError when it is not UTF-8 text."""
     try:
-        return input(prompt) if interactive else sys.stdin.readline()
+        line = input(prompt) if interactive else sys.stdin.readline()
     except EOFError:
         return None
+    except UnicodeDecodeError as exc:  # a strict stdin decoder
+        raise UserError(f"standard input is not UTF-8 text (byte {exc.start} of a line: {exc.reason})") from None
+    try:
+        # Python decodes stdin with surrogateescape under a C/POSIX locale: undecodable bytes become lone
+        # surrogates, which the tokenizer refuses with a TypeError
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"standard input is not UTF-8 text (character {exc.start} of the line is an undecodable "
+                        f"byte); convert it, e.g. iconv -t UTF-8") from None
+    return line
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.load_8bit and args.load_4bit:
-        raise UserError("--load-8bit and --load-4bit are mutually exclusive")
+    check_args(args)
 
     import torch
 

@@ -5,10 +5,20 @@
 Workers register (`/register_worker`) and send heart beats (`/receive_heart_beat`); the UI asks for a
 worker address per model (`/get_worker_address`) or streams through the controller
 (`/worker_generate_stream`). All the original POST endpoints and JSON bodies are kept. Additions:
-`GET /health`, an OpenAI-compatible `POST /v1/chat/completions` + `GET /v1/models` proxied to a worker
-serving the requested model, an optional API key, a request-body limit, and these fixes of the
-original: no request to an empty address after a "no worker" answer (§10.26), every worker request
-has a timeout, worker URLs are normalised (no trailing "/").
+`GET /health`, an OpenAI-compatible `POST /v1/chat/completions` + `GET /v1/models[/{id}]` proxied to a
+worker serving the requested model, keys, a request-body limit, and these fixes of the original:
+
+- registering is its own privilege: `--worker-api-key` (never the clients' `--api-key`) guards
+  `/register_worker` and `/receive_heart_beat`; a controller bound beyond loopback without it refuses
+  registrations; the controller always fetches a new worker's status itself (a client-sent
+  `worker_status` is ignored) and only from hosts `WorkerHostPolicy` allows; the worker key is sent
+  only to workers that registered with it;
+- every worker expires: heart-beat-checked ones when beats stop, the others when the controller's own
+  status poll (every sweep) fails;
+- a worker that cannot be reached is dropped at once and the request goes to another worker of the
+  same model (for streams: only before anything was sent to the client);
+- no request to an empty address after a "no worker" answer (§10.26), every worker request has a
+  timeout, worker URLs are normalised (no trailing "/").
 
 `create_app(settings)` builds the FastAPI app (nothing is built at import); `main(argv)` runs it with
 uvicorn. The registry is only touched from the event loop (all endpoints are `async`), so it needs no
@@ -19,29 +29,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
-import json
 import logging
 import os
-import random
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import ValidationError
 
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.logging_utils import build_logger
-from mgm.serve.openai_protocol import ChatCompletionRequest, ModelCard, ModelList, sse_event
+from mgm.serve.openai_protocol import (
+    ChatCompletionRequest,
+    ModelCard,
+    ModelList,
+    sse_event,
+)
 from mgm.serve.protocol import (
     CHUNK_DELIMITER,
     CONTROLLER_HEART_BEAT_EXPIRATION,
     ERROR_CONTROLLER_REQUEST,
     ERROR_NO_WORKER,
+    AuthenticationError,
+    ForbiddenError,
     GenerateParams,
     GetWorkerAddressRequest,
     HeartBeatRequest,
@@ -58,12 +70,27 @@ from mgm.serve.security import (
     BodySizeLimitMiddleware,
     api_key_dependency,
     auth_headers,
-    format_validation_errors,
     install_error_handlers,
+    json_body,
+    presents_key,
+)
+from mgm.serve.worker_registry import (  # noqa: F401 (WorkerInfo, normalize_worker_name: re-exported)
+    DISPATCH_METHODS,
+    WorkerHostPolicy,
+    WorkerInfo,
+    WorkerRegistry,
+    fetch_worker_status,
+    is_loopback,
+    normalize_worker_name,
+    worker_is_down,
 )
 
+RegisterBody = Annotated[RegisterWorkerRequest, Depends(json_body(RegisterWorkerRequest))]
+HeartBeatBody = Annotated[HeartBeatRequest, Depends(json_body(HeartBeatRequest))]
+AddressBody = Annotated[GetWorkerAddressRequest, Depends(json_body(GetWorkerAddressRequest))]
+GenerateBody = Annotated[GenerateParams, Depends(json_body(GenerateParams))]
+
 LOGGER_NAME = "mgm.serve.controller"  # not __name__: that is "__main__" under `python -m`
-DISPATCH_METHODS = ("lottery", "shortest_queue")
 API_KEY_ENV = "MGM_API_KEY"
 WORKER_API_KEY_ENV = "MGM_WORKER_API_KEY"
 
@@ -72,10 +99,13 @@ WORKER_API_KEY_ENV = "MGM_WORKER_API_KEY"
 class ControllerSettings:
     """Everything the controller app needs; the CLI flags map 1:1 onto these fields.
 
-    api_key: clients must send it (Bearer or x-api-key) on every route but GET /health; None = open.
-    worker_api_key: sent as Bearer to workers (status polls and proxied requests); None = none sent.
-    heart_beat_expiration: seconds without a beat after which a heart-beat-checked worker is dropped.
-    heart_beat_check_interval: seconds between expiry sweeps; None = the expiration (the original's cadence).
+    api_key: clients must send it (Bearer or x-api-key) on every client route but GET /health; None = open.
+    worker_api_key: the worker key. Workers must send it to register and beat; the controller sends it
+        to the workers that registered with it. None: registration is open on a loopback-bound
+        controller (loopback worker URLs only) and refused when it binds beyond loopback.
+    worker_allow_hosts: worker URL hosts (names, IPs, networks) the controller accepts; () = see above.
+    heart_beat_expiration: seconds without a beat (or successful status poll) after which a worker is dropped.
+    heart_beat_check_interval: seconds between expiry sweeps and status polls; None = the expiration.
     connect_timeout: seconds to connect to a worker, and the whole timeout of a status poll.
     worker_timeout: seconds a proxied generation may wait for the worker's next bytes.
     max_body_bytes: request bodies above this get 413.
@@ -87,6 +117,7 @@ class ControllerSettings:
     dispatch_method: str = "shortest_queue"
     api_key: str | None = None
     worker_api_key: str | None = None
+    worker_allow_hosts: tuple[str, ...] = ()
     heart_beat_expiration: float = float(CONTROLLER_HEART_BEAT_EXPIRATION)
     heart_beat_check_interval: float | None = None
     connect_timeout: float = 5.0
@@ -106,102 +137,52 @@ class ControllerSettings:
             raise UserError(f"--heart-beat-check-interval must be > 0, got {self.heart_beat_check_interval}")
         if self.max_body_bytes <= 0:
             raise UserError(f"--max-body-bytes must be > 0, got {self.max_body_bytes}")
+        if self.api_key and self.api_key == self.worker_api_key:
+            raise UserError("--worker-api-key must differ from --api-key: anyone holding the worker key can "
+                            "register workers and receive users' prompts")
+        try:
+            WorkerHostPolicy.parse(",".join(self.worker_allow_hosts))
+        except ValueError as exc:
+            raise UserError(f"--worker-allow-hosts: {exc}") from None
 
     @property
     def check_interval(self) -> float:
         return self.heart_beat_check_interval or self.heart_beat_expiration
 
+    @property
+    def registration_open(self) -> bool:
+        """Registration needs no key (loopback-bound controller without --worker-api-key)."""
+        return not self.worker_api_key and is_loopback(self.host)
 
-# --- registry ----------------------------------------------------------------------------------------
-@dataclass
-class WorkerInfo:
-    """What the controller knows about one worker (times are `clock()` values, seconds)."""
-
-    model_names: list[str]
-    speed: float
-    queue_length: int
-    check_heart_beat: bool
-    last_heart_beat: float
+    def host_policy(self) -> WorkerHostPolicy:
+        return WorkerHostPolicy(self.worker_allow_hosts, loopback_only=not self.worker_api_key)
 
 
-def normalize_worker_name(worker_name: str) -> str:
-    """A worker's registry key: its base URL without trailing "/" (the original concatenated paths)."""
-    return worker_name.strip().rstrip("/")
-
-
-@dataclass
-class WorkerRegistry:
-    """Worker address → WorkerInfo, with the two dispatch rules of the original.
-
-    lottery: a random worker serving the model, chosen with probability ∝ speed.
-    shortest_queue: the worker with the least queue_length / speed (first registered wins ties); its
-    queue_length is then incremented so back-to-back requests spread before the next heart beat.
-    """
-
-    dispatch_method: str = "shortest_queue"
-    clock: Callable[[], float] = time.monotonic
-    rng: random.Random = field(default_factory=random.Random)
-    workers: dict[str, WorkerInfo] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.dispatch_method not in DISPATCH_METHODS:
-            raise ValueError(f"dispatch_method {self.dispatch_method!r} is not one of {DISPATCH_METHODS}")
-
-    def __len__(self) -> int:
-        return len(self.workers)
-
-    def register(self, worker_name: str, check_heart_beat: bool, status: WorkerStatus) -> None:
-        """Add or replace a worker (its heart-beat clock restarts now)."""
-        self.workers[normalize_worker_name(worker_name)] = WorkerInfo(
-            model_names=list(status.model_names), speed=float(status.speed), queue_length=int(status.queue_length),
-            check_heart_beat=check_heart_beat, last_heart_beat=self.clock())
-
-    def remove(self, worker_name: str) -> bool:
-        return self.workers.pop(normalize_worker_name(worker_name), None) is not None
-
-    def heart_beat(self, worker_name: str, queue_length: int) -> bool:
-        """Record a beat; False if the worker is unknown (it should register again)."""
-        info = self.workers.get(normalize_worker_name(worker_name))
-        if info is None:
-            return False
-        info.queue_length = queue_length
-        info.last_heart_beat = self.clock()
+async def worker_credentials(request: Request) -> bool:
+    """Admit a worker-side call (a FastAPI dependency); True when it carries the worker key (the
+    controller then sends that worker the key)."""
+    settings: ControllerSettings = request.app.state.settings
+    if settings.worker_api_key:
+        if not presents_key(request, settings.worker_api_key):
+            raise AuthenticationError("registering and heart beats need the worker key (--worker-api-key "
+                                      "of this controller, given to workers as their --api-key)")
         return True
-
-    def list_models(self) -> list[str]:
-        """Unique model names, in order of first registration."""
-        return list(dict.fromkeys(m for info in self.workers.values() for m in info.model_names))
-
-    def get_worker_address(self, model: str) -> str:
-        """The address to send a request for `model` to, or "" if no worker serves it."""
-        candidates = [(name, info) for name, info in self.workers.items()
-                      if model in info.model_names and info.speed > 0]
-        if not candidates:
-            return ""
-        if self.dispatch_method == "lottery":
-            if sum(info.speed for _, info in candidates) < 1e-4:
-                return ""
-            return self.rng.choices([n for n, _ in candidates], weights=[i.speed for _, i in candidates])[0]
-        name, info = min(candidates, key=lambda item: item[1].queue_length / item[1].speed)
-        info.queue_length += 1
-        return name
-
-    def remove_expired(self, expiration: float) -> list[str]:
-        """Drop heart-beat-checked workers whose last beat is older than `expiration` seconds."""
-        deadline = self.clock() - expiration
-        stale = [n for n, i in self.workers.items() if i.check_heart_beat and i.last_heart_beat < deadline]
-        for name in stale:
-            del self.workers[name]
-        return stale
+    if not settings.registration_open:
+        raise ForbiddenError(f"worker registration is disabled: this controller listens on {settings.host} "
+                             "without --worker-api-key; give the controller and its workers a worker key")
+    return False
 
 
-# --- app ---------------------------------------------------------------------------------------------
+WorkerCredentials = Annotated[bool, Depends(worker_credentials)]
+
+
 class _Runtime:
     """Per-app mutable state (the shared HTTP client exists only while the app runs)."""
 
-    def __init__(self, settings: ControllerSettings, registry: WorkerRegistry) -> None:
+    def __init__(self, settings: ControllerSettings, registry: WorkerRegistry, logger: logging.Logger) -> None:
         self.settings = settings
         self.registry = registry
+        self.logger = logger
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -210,28 +191,77 @@ class _Runtime:
             raise RuntimeError("the controller app is not running (its lifespan has not started)")
         return self._client
 
+    def headers_for(self, worker_name: str) -> dict[str, str]:
+        """The worker key, only for a worker that registered with it."""
+        info = self.registry.workers.get(worker_name)
+        return auth_headers(self.settings.worker_api_key) if info is not None and info.keyed else {}
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    async def status_of(self, worker_name: str, headers: dict[str, str] | None = None) -> WorkerStatus | Exception:
+        return await fetch_worker_status(self.client, worker_name, self.settings.connect_timeout, self.logger,
+                                         self.headers_for(worker_name) if headers is None else headers)
+
+    async def poll_unbeating(self) -> None:
+        """Status-poll the workers that send no heart beats; drop those that are down."""
+        names = self.registry.poll_targets()
+        results = await asyncio.gather(*(self.status_of(name) for name in names))
+        for name, result in zip(names, results):
+            if isinstance(result, WorkerStatus):
+                self.registry.refresh(name, result)
+            elif worker_is_down(result) and self.registry.remove(name):
+                self.logger.info("remove unreachable worker: %s", name)
+
+    async def open_worker(self, model: str, path: str, payload: bytes, read: str) -> Upstream | Exception | None:
+        """POST `payload` to `path` of a worker serving `model`, failing over to the next worker while one
+        is down (it is dropped at once). `read` says how much of a 200 answer is read here, where a
+        failure still fails over: "first" (the first piece: a stream has sent the client nothing yet) or
+        "all". Returns the open `Upstream`, the last error that is not a worker being down (a timeout),
+        or None when no worker serves the model (any more)."""
+        tried: list[str] = []
+        last: Exception | None = None
+        while address := self.registry.get_worker_address(model, exclude=tried):
+            tried.append(address)
+            request = self.client.build_request("POST", address + path, content=payload, headers={
+                "content-type": "application/json", **self.headers_for(address)})
+            response = None
+            try:
+                response = await self.client.send(request, stream=True)
+                upstream = Upstream(address, response, response.aiter_bytes())
+                if response.status_code != 200 or read == "all":
+                    upstream.head = b"".join([piece async for piece in upstream.pieces])
+                else:
+                    upstream.head = await anext(upstream.pieces, b"")
+                return upstream
+            except httpx.HTTPError as exc:
+                if response is not None:
+                    await response.aclose()
+                last = exc
+                if not worker_is_down(exc):
+                    self.logger.info("worker request failed: %s, %s: %s", address, type(exc).__name__, exc)
+                    return exc
+                if self.registry.remove(address):
+                    self.logger.warning("worker %s is down (%s: %s): dropped; trying another worker", address,
+                                        type(exc).__name__, exc)
+        return last
 
 
-async def fetch_worker_status(client: httpx.AsyncClient, worker_name: str, timeout: float,
-                              logger: logging.Logger) -> WorkerStatus | None:
-    """POST `<worker>/worker_get_status`; None (logged) on any failure."""
-    try:
-        response = await client.post(worker_name + "/worker_get_status", timeout=timeout)
-        if response.status_code != 200:
-            logger.error("get status fails: %s, HTTP %s", worker_name, response.status_code)
-            return None
-        return WorkerStatus.model_validate(response.json())
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, ValidationError) as exc:
-        logger.error("get status fails: %s, %s: %s", worker_name, type(exc).__name__, exc)
-        return None
+@dataclass
+class Upstream:
+    """An open answer of a worker: `head` (already read) then the rest of `pieces`."""
+
+    address: str
+    response: httpx.Response
+    pieces: AsyncIterator[bytes]
+    head: bytes = b""
+
+    async def relay(self) -> AsyncIterator[bytes]:
+        """`head`, then the rest (the response is closed at the end)."""
+        try:
+            if self.head:
+                yield self.head
+            async for piece in self.pieces:
+                yield piece
+        finally:
+            await self.response.aclose()
 
 
 def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRegistry | None = None) -> FastAPI:
@@ -239,15 +269,17 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     settings = settings or ControllerSettings()
     if registry is None:
         registry = WorkerRegistry(settings.dispatch_method)
-    runtime = _Runtime(settings, registry)
     logger = logging.getLogger(LOGGER_NAME)
+    runtime = _Runtime(settings, registry, logger)
+    host_policy = settings.host_policy()
 
     async def expire_loop() -> None:
         while True:
             await asyncio.sleep(settings.check_interval)
             try:
+                await runtime.poll_unbeating()
                 for name in registry.remove_expired(settings.heart_beat_expiration):
-                    logger.info("remove stale worker (no heart beat for %.1f s): %s",
+                    logger.info("remove stale worker (not heard from for %.1f s): %s",
                                 settings.heart_beat_expiration, name)
             except Exception:  # keep sweeping whatever happens
                 logger.exception("heart-beat expiry sweep failed")
@@ -256,8 +288,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # trust_env=False: workers are internal addresses; an environment proxy must not intercept them
         runtime._client = httpx.AsyncClient(
-            trust_env=False, headers=auth_headers(settings.worker_api_key),
-            timeout=httpx.Timeout(settings.worker_timeout, connect=settings.connect_timeout))
+            trust_env=False, timeout=httpx.Timeout(settings.worker_timeout, connect=settings.connect_timeout))
         sweeper = asyncio.create_task(expire_loop())
         try:
             yield
@@ -275,87 +306,89 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     router = APIRouter(dependencies=[Depends(api_key_dependency(settings.api_key))])
 
-    async def status_of(worker_name: str) -> WorkerStatus | None:
-        return await fetch_worker_status(runtime.client, worker_name, settings.connect_timeout, logger)
+    workers_router = APIRouter()
 
-    # --- original protocol ---
-    @router.post("/register_worker")
-    async def register_worker(body: RegisterWorkerRequest) -> None:
-        name = normalize_worker_name(body.worker_name)
-        if not name.startswith(("http://", "https://")):
-            raise RequestError(f"worker_name {body.worker_name!r} must be the worker's http(s) base URL",
-                               param="worker_name")
+    # --- original protocol: the workers' side ---
+    @workers_router.post("/register_worker")
+    async def register_worker(body: RegisterBody, keyed: WorkerCredentials) -> None:
+        name = host_policy.check(body.worker_name)  # before any request goes to that URL
         logger.info("register %s worker: %s", "an existing" if name in registry.workers else "a new", name)
-        status = body.worker_status or await status_of(name)
-        if status is None:
-            raise RequestError(f"cannot get the status of worker {name} (POST {name}/worker_get_status failed)",
-                               param="worker_name")
-        registry.register(name, body.check_heart_beat, status)
+        if body.worker_status is not None:
+            logger.debug("ignoring the worker_status sent with the registration of %s", name)
+        status = await runtime.status_of(name, auth_headers(settings.worker_api_key) if keyed else {})
+        if not isinstance(status, WorkerStatus):
+            raise RequestError(f"cannot verify worker {name}: POST {name}/worker_get_status failed "
+                               f"({type(status).__name__}: {status})", param="worker_name")
+        registry.register(name, body.check_heart_beat, status, keyed=keyed)
         logger.info("register done: %s, %s", name, status.model_dump())
-        return None
 
+    @workers_router.post("/receive_heart_beat")
+    async def receive_heart_beat(body: HeartBeatBody, keyed: WorkerCredentials
+                                 ) -> dict[str, bool]:
+        exist = registry.heart_beat(body.worker_name, body.queue_length)
+        if not exist:
+            logger.info("receive unknown heart beat: %s", body.worker_name)
+        return {"exist": exist}
+
+    # --- original protocol: the clients' side ---
     @router.post("/refresh_all_workers")
     async def refresh_all_workers() -> None:
-        snapshot = dict(registry.workers)
-        statuses = await asyncio.gather(*(status_of(name) for name in snapshot))
-        for (name, info), status in zip(snapshot.items(), statuses):
-            if status is None:
-                registry.remove(name)
+        names = list(registry.workers)
+        statuses = await asyncio.gather(*(runtime.status_of(name) for name in names))
+        for name, status in zip(names, statuses):
+            if isinstance(status, WorkerStatus):
+                registry.refresh(name, status)
+            elif registry.remove(name):
                 logger.info("remove stale worker: %s", name)
-            else:
-                registry.register(name, info.check_heart_beat, status)
-        return None
 
     @router.post("/list_models")
     async def list_models() -> dict[str, list[str]]:
         return {"models": registry.list_models()}
 
     @router.post("/get_worker_address")
-    async def get_worker_address(body: GetWorkerAddressRequest) -> dict[str, str]:
+    async def get_worker_address(body: AddressBody) -> dict[str, str]:
         address = registry.get_worker_address(body.model)
         logger.info("get_worker_address: model=%s, address=%s", body.model, address or "(none)")
         return {"address": address}
 
-    @router.post("/receive_heart_beat")
-    async def receive_heart_beat(body: HeartBeatRequest) -> dict[str, bool]:
-        exist = registry.heart_beat(body.worker_name, body.queue_length)
-        if not exist:
-            logger.info("receive unknown heart beat: %s", body.worker_name)
-        return {"exist": exist}
-
-    async def proxy_generate(address: str, payload: dict[str, Any]) -> AsyncIterator[bytes]:
-        url = address + "/worker_generate_stream"
-        try:
-            async with runtime.client.stream("POST", url, json=payload) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread())[:500]
-                    logger.error("worker %s answered HTTP %s: %r", address, response.status_code, detail)
-                    yield error_chunk(ERROR_CONTROLLER_REQUEST)
-                    return
-                # re-frame: pass each JSON message through byte-for-byte, one per yield
-                async for message in asplit_chunks(response.aiter_bytes()):
-                    yield message + CHUNK_DELIMITER
+    async def relay_chunks(upstream: Upstream) -> AsyncIterator[bytes]:
+        try:  # re-frame: pass each JSON message through byte-for-byte, one per yield
+            async for message in asplit_chunks(upstream.relay()):
+                yield message + CHUNK_DELIMITER
         except httpx.HTTPError as exc:
-            logger.info("worker request failed: %s, %s: %s", address, type(exc).__name__, exc)
+            logger.info("worker stream failed: %s, %s: %s", upstream.address, type(exc).__name__, exc)
+            if worker_is_down(exc) and registry.remove(upstream.address):
+                logger.warning("worker %s is down: dropped", upstream.address)
             yield error_chunk(ERROR_CONTROLLER_REQUEST)
 
     @router.post("/worker_generate_stream")
-    async def worker_generate_stream(params: GenerateParams) -> StreamingResponse:
-        address = registry.get_worker_address(params.model or "")
-        if not address:
+    async def worker_generate_stream(params: GenerateBody) -> Response:
+        upstream = await runtime.open_worker(params.model or "", "/worker_generate_stream",
+                                             params.model_dump_json().encode(), read="first")
+        if upstream is None:
             # the original went on to POST to "" after this chunk (§10.26); one chunk and done
             logger.info("no worker: %s", params.model)
             return StreamingResponse(iter([error_chunk(ERROR_NO_WORKER)]))
-        return StreamingResponse(proxy_generate(address, params.model_dump(mode="json")))
+        if isinstance(upstream, Exception):
+            return StreamingResponse(iter([error_chunk(ERROR_CONTROLLER_REQUEST)]))
+        status = upstream.response.status_code
+        if status != 200:
+            await upstream.response.aclose()
+            logger.error("worker %s answered HTTP %s: %r", upstream.address, status, upstream.head[:300])
+            if 400 <= status < 500:  # the worker's own error (with text / error_code): relay it
+                return Response(upstream.head, status_code=status,
+                                media_type=upstream.response.headers.get("content-type", "application/json"))
+            return StreamingResponse(iter([error_chunk(ERROR_CONTROLLER_REQUEST)]))
+        return StreamingResponse(relay_chunks(upstream))
 
     @router.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:
-        statuses = await asyncio.gather(*(status_of(name) for name in list(registry.workers)))
+        statuses = await asyncio.gather(*(runtime.status_of(name) for name in list(registry.workers)))
         model_names: dict[str, None] = {}
         speed: float = 0
         queue_length = 0
         for status in statuses:
-            if status is not None:
+            if isinstance(status, WorkerStatus):
                 model_names.update(dict.fromkeys(status.model_names))
                 speed += status.speed
                 queue_length += status.queue_length
@@ -366,48 +399,46 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     async def v1_models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=m) for m in registry.list_models()]).model_dump()
 
+    @router.get("/v1/models/{model_id:path}")
+    async def v1_model(model_id: str) -> dict[str, Any]:
+        if model_id not in registry.list_models():
+            raise ModelNotFoundError(f"The model `{model_id}` does not exist or has no live worker", param="model")
+        return ModelCard(id=model_id).model_dump()
+
     @router.post("/v1/chat/completions")
     async def v1_chat_completions(request: Request) -> Response:
         raw = await request.body()
-        try:
-            parsed = ChatCompletionRequest.model_validate(json.loads(raw))
-        except ValueError as exc:  # JSONDecodeError and ValidationError are both ValueErrors
-            message = format_validation_errors(exc.errors()) if isinstance(exc, ValidationError) else str(exc)
-            raise RequestError(f"invalid request body: {message}") from None
-        address = registry.get_worker_address(parsed.model)
-        if not address:
+        parsed = await json_body(ChatCompletionRequest)(request)
+        parsed.check_supported()  # refused here already: no worker sees it
+        upstream = await runtime.open_worker(parsed.model, "/v1/chat/completions", raw,
+                                             read="first" if parsed.stream else "all")
+        if upstream is None:
             raise ModelNotFoundError(f"The model `{parsed.model}` does not exist or has no live worker",
                                      param="model")
-        upstream = runtime.client.build_request(
-            "POST", address + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
-        try:
-            response = await runtime.client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            return _gateway_error(exc, address, logger)
+        if isinstance(upstream, Exception):
+            return _gateway_error(upstream)
+        response = upstream.response
         content_type = response.headers.get("content-type", "application/json")
         if not (parsed.stream and response.status_code == 200 and content_type.startswith("text/event-stream")):
             try:
-                body = await response.aread()
+                body = b"".join([piece async for piece in upstream.relay()])
             except httpx.HTTPError as exc:
-                return _gateway_error(exc, address, logger)
-            finally:
-                await response.aclose()
+                return _gateway_error(exc)
             return Response(body, status_code=response.status_code, media_type=content_type)
 
         async def relay() -> AsyncIterator[bytes]:
             try:
-                async for piece in response.aiter_bytes():
+                async for piece in upstream.relay():
                     yield piece
             except httpx.HTTPError as exc:
-                logger.info("worker stream failed: %s, %s: %s", address, type(exc).__name__, exc)
+                logger.info("worker stream failed: %s, %s: %s", upstream.address, type(exc).__name__, exc)
                 # an SSE error event: the openai client raises APIError on it
                 yield sse_event(error_body(f"the worker stream broke off ({type(exc).__name__})",
                                            error_type="server_error", code="worker_error"))
-            finally:
-                await response.aclose()
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    app.include_router(workers_router)
     app.include_router(router)
 
     @app.get("/health")
@@ -417,9 +448,8 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     return app
 
 
-def _gateway_error(exc: httpx.HTTPError, address: str, logger: logging.Logger) -> JSONResponse:
+def _gateway_error(exc: Exception) -> JSONResponse:
     """502 (worker unreachable / failed) or 504 (worker timed out) in the OpenAI error shape."""
-    logger.info("worker request failed: %s, %s: %s", address, type(exc).__name__, exc)
     timed_out = isinstance(exc, httpx.TimeoutException)
     return JSONResponse(
         error_body(f"the worker for this model {'timed out' if timed_out else 'is unreachable'} "
@@ -435,21 +465,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the mgm controller: model workers register here, and clients (the Gradio UI, "
                     "test_message, OpenAI clients at /v1) are dispatched to a worker serving their model.")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only; use 0.0.0.0 to expose, "
-                             "ideally with --api-key)")
+                        help="address to bind (default 127.0.0.1: this machine only). Beyond loopback, workers "
+                             "can register only with --worker-api-key; set --api-key for clients too")
     parser.add_argument("--port", type=int, default=21001, help="TCP port (default 21001)")
     parser.add_argument("--dispatch-method", choices=DISPATCH_METHODS, default="shortest_queue",
                         help="lottery: random worker weighted by speed; shortest_queue (default): the worker "
                              "with the smallest queue_length/speed")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
-                        help=f"require this key from clients (Authorization: Bearer or x-api-key) on every route "
-                             f"but GET /health (default: ${API_KEY_ENV}, else no key)")
+                        help=f"the clients' key (Authorization: Bearer or x-api-key), required on every client "
+                             f"route but GET /health; it never allows registering (default: ${API_KEY_ENV}, "
+                             f"else no key)")
     parser.add_argument("--worker-api-key", default=os.environ.get(WORKER_API_KEY_ENV) or None,
-                        help=f"key sent to workers that require one (default: ${WORKER_API_KEY_ENV}, else none)")
+                        help=f"the worker key: workers must send it to register and beat (their --api-key), and "
+                             f"the controller sends it only to the workers that registered with it. Must differ "
+                             f"from --api-key (default: ${WORKER_API_KEY_ENV}, else none: registration open on a "
+                             f"loopback controller, for loopback workers only, and refused beyond loopback)")
+    parser.add_argument("--worker-allow-hosts", default=None,
+                        help="comma-separated worker hosts (names, IPs, networks like 10.0.0.0/8) allowed to "
+                             "register; the controller contacts no other host (default: any with a worker key, "
+                             "loopback only without)")
     parser.add_argument("--heart-beat-expiration", type=float, default=float(CONTROLLER_HEART_BEAT_EXPIRATION),
-                        help="drop a heart-beat-checked worker after this many seconds without a beat (default 30)")
+                        help="drop a worker not heard from (heart beat, or the controller's status poll of "
+                             "workers registered without heart beats) for this many seconds (default 30)")
     parser.add_argument("--heart-beat-check-interval", type=float, default=None,
-                        help="seconds between expiry sweeps (default: the expiration)")
+                        help="seconds between expiry sweeps and status polls (default: the expiration)")
     parser.add_argument("--worker-timeout", type=float, default=120.0,
                         help="seconds a proxied request may wait for the worker's next bytes (default 120)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
@@ -462,20 +501,27 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_settings(argv: list[str] | None = None) -> ControllerSettings:
     """Command-line arguments → ControllerSettings (raises UserError on bad values)."""
     args = build_parser().parse_args(argv)
+    try:
+        allow_hosts = WorkerHostPolicy.parse(args.worker_allow_hosts)
+    except ValueError as exc:
+        raise UserError(f"--worker-allow-hosts: {exc}") from None
     return ControllerSettings(
         host=args.host, port=args.port, dispatch_method=args.dispatch_method, api_key=args.api_key,
-        worker_api_key=args.worker_api_key, heart_beat_expiration=args.heart_beat_expiration,
-        heart_beat_check_interval=args.heart_beat_check_interval, worker_timeout=args.worker_timeout,
-        max_body_bytes=args.max_body_bytes, log_dir=args.log_dir)
+        worker_api_key=args.worker_api_key, worker_allow_hosts=allow_hosts,
+        heart_beat_expiration=args.heart_beat_expiration, heart_beat_check_interval=args.heart_beat_check_interval,
+        worker_timeout=args.worker_timeout, max_body_bytes=args.max_body_bytes, log_dir=args.log_dir)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logger = build_logger(LOGGER_NAME, "controller.log", settings.log_dir)
-    if not _is_loopback(settings.host) and not settings.api_key:
-        logger.warning("listening on %s without --api-key: anyone who can reach this port can register "
-                       "workers and use them", settings.host)
+    if not is_loopback(settings.host):
+        if not settings.worker_api_key:
+            logger.warning("listening on %s without --worker-api-key: workers cannot register", settings.host)
+        if not settings.api_key:
+            logger.warning("listening on %s without --api-key: anyone who can reach this port can use the "
+                           "workers", settings.host)
     logger.info("args: %s", {k: ("***" if "key" in k and v else v) for k, v in vars(settings).items()})
     import uvicorn  # imported here: only the running server needs it
 

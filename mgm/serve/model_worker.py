@@ -18,8 +18,12 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
   looked for `###Assistant:` and misplaced them for vicuna_v1 and gemma, §10.24); OCR and the image
   pipeline are only loaded with `--ocr` / `--gen`; `stop` may be absent;
 - the token budget counts the real number of image tokens (HD checkpoints use 5x576, §10.13);
-- a corrupt or oversized image is answered 400/413 with a JSON body that also carries `text` and
-  `error_code` (so original clients show an error instead of crashing);
+- a corrupt or oversized image, a tag/image count mismatch or any malformed body is answered 4xx with
+  a JSON body that also carries `text` (what went wrong) and `error_code` (so original clients show it);
+- a prompt longer than the context can hold is refused before it is tokenised (a cheap character
+  bound, `prompt_char_limit`), and tokenising and image decoding run off the event loop;
+- registration happens once the server accepts connections (the controller calls back to verify it),
+  carrying the worker key `--api-key` (mgm.serve.worker_heart_beat);
 - a client that disconnects stops its generation; the worker keeps serving the others.
 """
 from __future__ import annotations
@@ -30,17 +34,14 @@ import base64
 import contextlib
 import functools
 import io
-import json
 import logging
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-import httpx
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from PIL import Image
 
@@ -51,9 +52,11 @@ from mgm.serve.batcher import DynamicBatcher, Ticket
 from mgm.serve.engine import (
     GenerationParams,
     InferenceEngine,
-    Request as EngineRequest,
     context_limit,
     request_token_count,
+)
+from mgm.serve.engine import (
+    Request as EngineRequest,
 )
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.protocol import (
@@ -65,7 +68,6 @@ from mgm.serve.protocol import (
     RequestError,
     encode_chunk,
     error_chunk,
-    request_error_body,
 )
 from mgm.serve.security import (
     DEFAULT_MAX_BODY_BYTES,
@@ -74,15 +76,15 @@ from mgm.serve.security import (
     BodySizeLimitMiddleware,
     ImagePolicy,
     api_key_dependency,
-    auth_headers,
     decode_base64_image,
+    error_response,
     install_error_handlers,
+    json_body,
 )
+from mgm.serve.worker_heart_beat import ControllerLink
 
 LOGGER_NAME = "mgm.serve.model_worker"
-API_KEY_ENV = "MGM_WORKER_API_KEY"  # the key clients must send to this worker (= the controller's --worker-api-key)
-CONTROLLER_API_KEY_ENV = "MGM_API_KEY"  # the controller's key, sent when registering / beating
-HEART_BEAT_RETRY = 5.0  # seconds between attempts while the controller cannot be reached (original: 5)
+API_KEY_ENV = "MGM_WORKER_API_KEY"  # the worker key (= the controller's --worker-api-key)
 GEN_TAG = " <GEN>"
 OCR_PREFIX = "\nReference OCR Token: "
 DEFAULT_GEN_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -92,7 +94,7 @@ DEFAULT_GEN_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 _PROBE = "\x00mgm-user-text\x00"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def assistant_tail(template: str) -> str:
     """What a template renders after the end of the last user message when the assistant turn is open.
 
@@ -105,7 +107,7 @@ def assistant_tail(template: str) -> str:
     return prompt[prompt.rindex(_PROBE) + len(_PROBE):]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _templates_by_marker() -> tuple[str, ...]:
     """Template names, longest assistant marker first (computed once, not per request)."""
     return tuple(sorted(conv_templates, key=lambda name: -len(assistant_tail(name).strip())))
@@ -133,6 +135,17 @@ def add_content(prompt: str, content: str, template: str | None = None) -> str:
         if cut != -1:
             return prompt[:cut] + content + prompt[cut:]
     return prompt + content
+
+
+def prompt_char_limit(engine: InferenceEngine) -> int:
+    """Characters beyond which a prompt surely exceeds the model's context, known without tokenising.
+
+    No token covers more characters than the longest vocabulary entry (its raw spelling, which is never
+    shorter than the text it decodes to), so a prompt of more than context x that many characters has
+    more tokens than the context holds.
+    """
+    longest = max((len(token) for token in engine.tokenizer.get_vocab()), default=1)
+    return context_limit(engine) * max(longest, 1)
 
 
 def image_to_jpeg_base64(image: Image.Image) -> str:
@@ -167,7 +180,6 @@ class WorkerSettings:
     no_register: bool = False
     heart_beat_interval: float = float(WORKER_HEART_BEAT_INTERVAL)
     api_key: str | None = None
-    controller_api_key: str | None = None
     allow_remote_images: bool = False
     allow_local_images: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -238,12 +250,12 @@ class ModelWorker:
         for stop in conv_templates[conv_mode].stop_strings():
             engine.add_eos_token(stop)  # e.g. <|eot_id|> for llama_3, <|im_end|> for ChatML
         self.chunk_interval = settings.chunk_interval
-        self.registered = False
+        self.max_prompt_chars = prompt_char_limit(engine)
         self._in_flight = 0  # requests waiting for a slot or generating (the heart beat's queue_length)
         self._semaphore: asyncio.Semaphore | None = None
-        self._beat_now = threading.Event()
-        self._stop_beats = threading.Event()
-        self._beat_thread: threading.Thread | None = None
+        self.link = None if settings.no_register else ControllerLink(
+            self.controller_address, self.worker_address, status=self.status, queue_length=lambda: self._in_flight,
+            interval=settings.heart_beat_interval, api_key=settings.api_key, logger=self.logger)
         self._warned: set[str] = set()
 
     @classmethod
@@ -283,6 +295,14 @@ class ModelWorker:
     def queue_length(self) -> int:
         return self._in_flight
 
+    @property
+    def registered(self) -> bool:
+        return self.link is not None and self.link.registered.is_set()
+
+    def _beat_now(self) -> None:
+        if self.link is not None:
+            self.link.beat_now.set()
+
     def status(self) -> dict[str, Any]:
         return {"model_names": [self.model_name], "speed": 1, "queue_length": self.queue_length,
                 "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
@@ -296,11 +316,11 @@ class ModelWorker:
         self._in_flight += 1
         try:
             async with self._semaphore:
-                self._beat_now.set()  # as the original: a beat when a request starts ...
+                self._beat_now()  # as the original: a beat when a request starts ...
                 yield
         finally:
             self._in_flight -= 1
-            self._beat_now.set()  # ... and when it ends
+            self._beat_now()  # ... and when it ends
 
     def submit(self, request: EngineRequest) -> Ticket:
         return self.batcher.submit_async(request)
@@ -314,79 +334,16 @@ class ModelWorker:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start batching, register with the controller and start heart beats (inside the server loop)."""
+        """Start batching and the controller link (registration waits for the server: it runs on a thread)."""
         self._semaphore = asyncio.Semaphore(self.settings.limit_model_concurrency)
         self.batcher.start()
-        if not self.settings.no_register:
-            await asyncio.to_thread(self.register)
-            self._stop_beats.clear()
-            self._beat_thread = threading.Thread(target=self._heart_beat_loop, name="mgm-heart-beat", daemon=True)
-            self._beat_thread.start()
+        if self.link is not None:
+            self.link.start()
 
     async def stop(self) -> None:
-        self._stop_beats.set()
-        self._beat_now.set()
-        if self._beat_thread is not None:
-            await asyncio.to_thread(self._beat_thread.join, 10)
-            self._beat_thread = None
+        if self.link is not None:
+            await asyncio.to_thread(self.link.stop)
         await asyncio.to_thread(self.batcher.stop)
-
-    def _client(self) -> httpx.Client:
-        return httpx.Client(trust_env=False, timeout=httpx.Timeout(30.0, connect=5.0),
-                            headers=auth_headers(self.settings.controller_api_key))
-
-    def register(self, client: httpx.Client | None = None) -> bool:
-        """POST /register_worker (with our status) to the controller; False (logged) on failure."""
-        body = {"worker_name": self.worker_address, "check_heart_beat": True, "worker_status": self.status()}
-        try:
-            with contextlib.nullcontext(client) if client is not None else self._client() as http:
-                response = http.post(self.controller_address + "/register_worker", json=body)
-        except httpx.HTTPError as exc:
-            self.logger.error("cannot register with the controller %s (%s: %s); retrying every %g s",
-                              self.controller_address, type(exc).__name__, exc, HEART_BEAT_RETRY)
-            self.registered = False
-            return False
-        if response.status_code != 200:
-            self.logger.error("the controller %s refused the registration: HTTP %s %s", self.controller_address,
-                              response.status_code, response.text[:300])
-            self.registered = False
-            return False
-        self.logger.info("registered with the controller %s as %s", self.controller_address, self.worker_address)
-        self.registered = True
-        return True
-
-    def send_heart_beat(self, client: httpx.Client | None = None) -> bool:
-        """One beat; re-registers when the controller forgot us. False when the controller is unreachable."""
-        if not self.registered:
-            return self.register(client)
-        body = {"worker_name": self.worker_address, "queue_length": self.queue_length}
-        try:
-            with contextlib.nullcontext(client) if client is not None else self._client() as http:
-                response = http.post(self.controller_address + "/receive_heart_beat", json=body)
-            exist = bool(response.json().get("exist")) if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
-            self.logger.error("heart beat to %s failed: %s: %s", self.controller_address, type(exc).__name__, exc)
-            return False
-        if exist is None:
-            self.logger.error("heart beat refused by %s: HTTP %s", self.controller_address, response.status_code)
-            return False
-        if not exist:
-            self.logger.info("the controller does not know this worker any more; registering again")
-            return self.register(client)
-        return True
-
-    def _heart_beat_loop(self) -> None:
-        with self._client() as client:  # one connection pool for the thread's life
-            while not self._stop_beats.is_set():
-                timeout = self.settings.heart_beat_interval if self.registered else HEART_BEAT_RETRY
-                woken = self._beat_now.wait(timeout)
-                self._beat_now.clear()
-                if self._stop_beats.is_set():
-                    break
-                if not self.send_heart_beat(client):
-                    self._stop_beats.wait(HEART_BEAT_RETRY)
-                elif woken:
-                    self._stop_beats.wait(0.2)  # coalesce the beats of a burst of requests
 
     # -- generation (original protocol) -----------------------------------------------------------
     def _warn_once(self, key: str, message: str) -> None:
@@ -397,6 +354,17 @@ class ModelWorker:
     def decode_images(self, images: list[str]) -> list[Image.Image]:
         return [decode_base64_image(b64, self.image_policy, mode="RGB", what=f"images[{i}]")
                 for i, b64 in enumerate(images)]
+
+    def check_request(self, params: GenerateParams) -> bool:
+        """Refuse what needs no model to refuse (RequestError); False when the prompt surely overflows
+        the context (the caller answers the original's "Exceeds max token length" without tokenising)."""
+        n_tags = params.prompt.count(DEFAULT_IMAGE_TOKEN)
+        if n_tags != len(params.images):
+            raise RequestError(f"the prompt has {n_tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {len(params.images)} "
+                               f"image(s) were sent; send one image per tag", param="images")
+        if params.images and self.engine.model.get_vision_tower() is None:
+            raise RequestError(f"model {self.model_name} has no vision tower; send text only", param="images")
+        return len(params.prompt) <= self.max_prompt_chars
 
     async def generate_stream(self, params: GenerateParams, images: list[Image.Image],
                               expected: int | None = None) -> AsyncIterator[bytes]:
@@ -411,7 +379,9 @@ class ModelWorker:
                         yield chunk
                 except (UserError, ValueError) as exc:
                     self.logger.info("request failed: %s", exc)
-                    yield error_chunk(ERROR_WORKER, SERVER_ERROR_MSG)
+                    # user-facing errors say what happened; anything else keeps the original's message
+                    known = isinstance(exc, (UserError, RequestError))
+                    yield error_chunk(ERROR_WORKER, str(exc) if known else SERVER_ERROR_MSG)
                 except Exception:
                     self.logger.exception("generation failed")
                     yield error_chunk(ERROR_WORKER, SERVER_ERROR_MSG)
@@ -493,15 +463,21 @@ def create_app(worker: ModelWorker) -> FastAPI:
     router = APIRouter(dependencies=dependencies)
 
     @router.post("/worker_generate_stream")
-    async def worker_generate_stream(params: GenerateParams) -> Response:
+    async def worker_generate_stream(request: Request,
+                                     params: Annotated[GenerateParams, Depends(json_body(GenerateParams))]) -> Response:
+        try:
+            if not worker.check_request(params):
+                return StreamingResponse(iter([encode_chunk({"text": params.prompt + EXCEEDS_MAX_TOKENS_MSG,
+                                                             "error_code": ERROR_OK})]))
+        except RequestError as exc:
+            # JSON for HTTP-aware clients, with text/error_code so original clients show what went wrong
+            return error_response(request, exc)
         expected = worker.expect()
         try:
             images = await asyncio.to_thread(worker.decode_images, params.images)
         except RequestError as exc:
             worker.fulfil(expected)
-            # JSON for HTTP-aware clients, plus text/error_code so original clients show an error chunk
-            body = {"text": SERVER_ERROR_MSG, "error_code": ERROR_WORKER, **request_error_body(exc)}
-            return Response(json.dumps(body), status_code=exc.status_code, media_type="application/json")
+            return error_response(request, exc)
         except BaseException:
             worker.fulfil(expected)
             raise
@@ -563,10 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
     p.add_argument("--use-flash-attn", action="store_true", help="flash-attention 2 (CUDA + flash-attn installed)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
-                   help=f"require this key from clients (Authorization: Bearer or x-api-key) on every route but "
-                        f"GET /health (default: ${API_KEY_ENV}; give the controller the same --worker-api-key)")
-    p.add_argument("--controller-api-key", default=os.environ.get(CONTROLLER_API_KEY_ENV) or None,
-                   help=f"the controller's --api-key, sent when registering (default: ${CONTROLLER_API_KEY_ENV})")
+                   help=f"the worker key: required (Authorization: Bearer or x-api-key) on every route but GET "
+                        f"/health, and sent to the controller to register and beat; give the controller the same "
+                        f"key as its --worker-api-key (default: ${API_KEY_ENV})")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="let /v1 clients send http(s) image URLs for the worker to fetch (default: refused)")
     p.add_argument("--allow-local-images", action="store_true",
@@ -607,7 +582,7 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
         limit_model_concurrency=a.limit_model_concurrency, max_batch_size=a.max_batch_size,
         batch_window=a.batch_window_ms / 1000.0, batching=a.batching, stream_interval=a.stream_interval,
         chunk_interval=a.chunk_interval_ms / 1000.0, no_register=a.no_register,
-        heart_beat_interval=a.heart_beat_interval, api_key=a.api_key, controller_api_key=a.controller_api_key,
+        heart_beat_interval=a.heart_beat_interval, api_key=a.api_key,
         allow_remote_images=a.allow_remote_images, allow_local_images=a.allow_local_images,
         max_body_bytes=a.max_body_bytes, max_image_bytes=a.max_image_bytes, max_image_pixels=a.max_image_pixels,
         ocr=a.ocr, ocr_backend=a.ocr_backend, gen=a.gen, gen_model_path=a.gen_model_path,

@@ -11,13 +11,14 @@ dynamic batcher, so concurrent API calls are batched with everything else.
 `stream: true` answers with server-sent events (`chat.completion.chunk` objects, a final chunk with
 `finish_reason`, an optional usage chunk, then `data: [DONE]`); otherwise one `chat.completion`.
 `usage.prompt_tokens` counts the prompt as the model sees it (image tokens included).
-Errors are JSON in OpenAI's shape: 400 bad request, 401 key, 404 unknown model, 413 too large.
+Errors are JSON in OpenAI's shape: 400 bad request (including fields this server cannot honour and
+a prompt longer than the context, refused by a character bound before tokenising), 401 key, 404
+unknown model, 413 too large. Tokenising and image decoding run off the event loop.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -25,14 +26,18 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
-from pydantic import ValidationError
 
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.conversation import Conversation, SeparatorStyle, get_template
 from mgm.errors import UserError
 from mgm.serve.batcher import Ticket
-from mgm.serve.engine import GenerationParams, InferenceEngine, Request as EngineRequest, context_limit, \
-    request_token_count
+from mgm.serve.engine import (
+    GenerationParams,
+    InferenceEngine,
+    context_limit,
+    request_token_count,
+)
+from mgm.serve.engine import Request as EngineRequest
 from mgm.serve.openai_protocol import (
     SSE_DONE,
     AssistantMessage,
@@ -51,7 +56,7 @@ from mgm.serve.openai_protocol import (
     sse_event,
 )
 from mgm.serve.protocol import ModelNotFoundError, RequestError, error_body
-from mgm.serve.security import ImagePolicy, format_validation_errors
+from mgm.serve.security import ImagePolicy, json_body
 
 DEFAULT_MAX_TOKENS = 512  # when the client sets none (the CLI's default), capped by the context left
 LOGGER_NAME = "mgm.serve.openai_api"
@@ -65,6 +70,7 @@ class ChatBackend(Protocol):
     engine: InferenceEngine
     image_policy: ImagePolicy
     chunk_interval: float  # seconds a stream gathers text between events (Ticket.updates)
+    max_prompt_chars: int  # a prompt longer than this surely overflows the context (model_worker.prompt_char_limit)
 
     def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Hold one of the worker's concurrency slots (queue accounting + heart beat)."""
@@ -154,13 +160,9 @@ def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: 
 
 
 # --- routes ------------------------------------------------------------------------------------------
-def _parse_body(raw: bytes) -> ChatCompletionRequest:
-    try:
-        return ChatCompletionRequest.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"invalid request body: not JSON ({exc})") from None
-    except ValidationError as exc:
-        raise RequestError(f"invalid request body: {format_validation_errors(exc.errors())}") from None
+def _text_chars(messages: list[ChatMessage]) -> int:
+    """Characters of all message text (what the prompt holds besides the template)."""
+    return sum(len(message.text_and_image_urls()[0]) for message in messages)
 
 
 def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = None) -> APIRouter:
@@ -172,12 +174,26 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
     async def list_models() -> dict[str, Any]:
         return ModelList(data=[ModelCard(id=backend.model_name)]).model_dump()
 
+    @router.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        if model_id != backend.model_name:
+            raise ModelNotFoundError(f"The model `{model_id}` does not exist; this worker serves "
+                                     f"`{backend.model_name}`", param="model")
+        return ModelCard(id=model_id).model_dump()
+
+    parse_body = json_body(ChatCompletionRequest)
+
     @router.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Response:
-        body = _parse_body(await http_request.body())
+        body = await parse_body(http_request)
         if body.model != backend.model_name:
             raise ModelNotFoundError(f"The model `{body.model}` does not exist; this worker serves "
                                      f"`{backend.model_name}`", param="model")
+        body.check_supported()
+        chars = _text_chars(body.messages)
+        if chars > backend.max_prompt_chars:  # refused before any tokenising: a huge prompt costs nothing
+            raise RequestError(f"the messages hold {chars} characters, more than the model's context of "
+                               f"{context_limit(backend.engine)} tokens can take", param="messages")
         expected = backend.expect()  # released at submission (a stream never started: after a TTL)
         try:
             return await _answer(body, expected)
@@ -195,7 +211,7 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
         engine_request = EngineRequest(prompt, images, GenerationParams(
             temperature=body.temperature, top_p=body.top_p, max_new_tokens=1, stop=stops))
         try:
-            prompt_tokens = request_token_count(backend.engine, engine_request)
+            prompt_tokens = await asyncio.to_thread(request_token_count, backend.engine, engine_request)
         except UserError as exc:
             raise RequestError(str(exc), param="messages") from None
         room = context_limit(backend.engine) - prompt_tokens

@@ -3,7 +3,9 @@
 Covers what the official `openai` client sends to `POST /v1/chat/completions` (string content or a list
 of `{"type": "text"}` / `{"type": "image_url"}` parts, temperature, top_p, max_tokens, stop, stream, n=1)
 and what it expects back (`chat.completion`, or `chat.completion.chunk` events as `data: {...}\\n\\n`
-ending with `data: [DONE]\\n\\n`), plus `GET /v1/models`.
+ending with `data: [DONE]\\n\\n`), plus `GET /v1/models`. Fields this server cannot honour (tools,
+`response_format` other than text, logprobs, penalties, sampling with a seed, ...) are refused with a
+400 naming the field (`ChatCompletionRequest.check_supported`) rather than silently ignored.
 
 Image parts resolve by these rules (`resolve_image_url` / `load_image_url`):
 - `data:<mime>;base64,<data>` → decoded (always allowed);
@@ -28,7 +30,12 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mgm.serve.protocol import ImageInputError, ImageTooLargeError, RequestError
+from mgm.serve.protocol import (
+    MAX_TEMPERATURE,
+    ImageInputError,
+    ImageTooLargeError,
+    RequestError,
+)
 from mgm.serve.security import ImagePolicy, decode_base64_image, decode_image_bytes
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -82,14 +89,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions` body. Unknown OpenAI fields are ignored; `n` must be 1."""
+# field → (the value(s) meaning "off", which are accepted, and what the field would ask for)
+UNSUPPORTED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "tools": ((None, []), "function calling"),
+    "functions": ((None, []), "function calling"),
+    "tool_choice": ((None, "none"), "function calling"),
+    "function_call": ((None, "none"), "function calling"),
+    "parallel_tool_calls": ((None, False, True), "function calling"),
+    "response_format": ((None, {"type": "text"}), "structured output"),
+    "logprobs": ((None, False), "log probabilities"),
+    "top_logprobs": ((None, 0), "log probabilities"),
+    "logit_bias": ((None, {}), "logit bias"),
+    "presence_penalty": ((None, 0, 0.0), "a presence penalty"),
+    "frequency_penalty": ((None, 0, 0.0), "a frequency penalty"),
+    "repetition_penalty": ((None, 1, 1.0), "a repetition penalty"),
+    "audio": ((None,), "audio output"),
+    "modalities": ((None, ["text"]), "non-text output"),
+    "prediction": ((None,), "predicted outputs"),
+    "web_search_options": ((None,), "web search"),
+}
 
-    model_config = ConfigDict(extra="ignore")
+
+class ChatCompletionRequest(BaseModel):
+    """`POST /v1/chat/completions` body. Unknown fields are kept (`model_extra`) so `check_supported`
+    can refuse those this server cannot honour; harmless ones (`user`, `metadata`, ...) are ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
@@ -97,6 +126,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
+    seed: int | None = None
 
     @field_validator("n")
     @classmethod
@@ -104,6 +134,17 @@ class ChatCompletionRequest(BaseModel):
         if value != 1:
             raise ValueError(f"n={value} is not supported; only n=1")
         return value
+
+    def check_supported(self) -> None:
+        """RequestError (400) naming the first field asking for something this server does not do."""
+        for name, (off, feature) in UNSUPPORTED_FIELDS.items():
+            value = (self.model_extra or {}).get(name)
+            if not any(value == o and type(value) is type(o) or value is o for o in off):
+                raise RequestError(f"`{name}` is not supported by this server ({feature}); leave it out",
+                                   param=name)
+        if self.seed is not None and self.temperature > 0.001:
+            raise RequestError("`seed` is not supported with sampling (temperature > 0): batched requests share "
+                               "one random generator; use temperature 0 for reproducible answers", param="seed")
 
     def stop_list(self) -> list[str]:
         """`stop` as a list (empty when unset)."""

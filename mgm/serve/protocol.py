@@ -27,8 +27,10 @@ ERROR_OK = 0  # normal chunk
 ERROR_WORKER = 1  # the worker failed while generating (bad input, CUDA error, anything else)
 ERROR_NO_WORKER = 2  # the controller knows no worker serving the requested model
 ERROR_CONTROLLER_REQUEST = 3  # the controller's request to the worker failed (refused, timed out, HTTP error)
+ERROR_BAD_REQUEST = 4  # the request itself was refused (not the original's: it answered every failure with 1)
 
 MAX_NEW_TOKENS_CAP = 1024  # the worker never generates more than this per request
+MAX_TEMPERATURE = 2.0  # the OpenAI API's upper bound; the CLI and both protocols use it
 CHUNK_DELIMITER = b"\0"
 
 
@@ -74,6 +76,13 @@ class ImageTooLargeError(ImageInputError):
     code = "image_too_large"
 
 
+class ForbiddenError(RequestError):
+    """The request is authenticated (or needs no key) but this server does not allow it."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class ModelNotFoundError(RequestError):
     """No live worker serves the requested model."""
 
@@ -104,7 +113,8 @@ class WorkerStatus(BaseModel):
 
 
 class RegisterWorkerRequest(BaseModel):
-    """`POST /register_worker` body. Without `worker_status` the controller polls the worker for it."""
+    """`POST /register_worker` body. `worker_status` is accepted (original workers send it) but never
+    trusted: the controller always asks the worker itself (`POST <worker_name>/worker_get_status`)."""
 
     worker_name: str = Field(min_length=1, description="the worker's base URL, e.g. http://127.0.0.1:21002")
     check_heart_beat: bool = False
@@ -155,9 +165,9 @@ class GenerateParams(BaseModel):
     model: str | None = None
     prompt: str
     images: list[str] = Field(default_factory=list)
-    temperature: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, ge=0.0, le=MAX_TEMPERATURE)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
-    max_new_tokens: int = 256
+    max_new_tokens: int = Field(256, ge=1)
     stop: str | None = None
     gen_image: bool = False
     use_ocr: bool = False

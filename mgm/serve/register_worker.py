@@ -4,7 +4,9 @@
         --worker-name http://127.0.0.1:21002 [--check-heart-beat]
 
 Sends `{worker_name, check_heart_beat, worker_status: null}` to `/register_worker`; the controller then
-asks the worker for its status itself.
+asks the worker for its status itself. A controller with `--worker-api-key` needs that key (`--api-key`
+here). A worker registered without `--check-heart-beat` is polled by the controller instead, and dropped
+when it stops answering.
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-name", required=True,
                         help="the worker's base URL as the controller should reach it, e.g. http://127.0.0.1:21002")
     parser.add_argument("--check-heart-beat", action="store_true",
-                        help="drop the worker when its heart beats stop (default: keep it)")
-    parser.add_argument("--api-key", default=os.environ.get("MGM_API_KEY") or None,
-                        help="the controller's API key, if it needs one (default: $MGM_API_KEY)")
+                        help="the worker sends heart beats and is dropped when they stop (default: the "
+                             "controller polls its status and drops it when that fails)")
+    parser.add_argument("--api-key", default=os.environ.get("MGM_WORKER_API_KEY") or None,
+                        help="the worker key (the controller's --worker-api-key), if it has one "
+                             "(default: $MGM_WORKER_API_KEY)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the controller (default 30)")
     return parser
 

@@ -8,8 +8,11 @@ and the handlers that turn typed request errors into JSON error answers.
 - `decode_image_bytes` / `decode_base64_image`: PIL decode with byte and pixel limits checked on the
   header before any pixel is decoded (a decompression bomb never gets decoded); no global PIL state
   is changed. Errors are `ImageInputError` (400) / `ImageTooLargeError` (413).
-- `install_error_handlers(app)`: `RequestError` → its status + `{"error": {...}}`; body validation
-  errors on `/v1/...` routes → 400 in the OpenAI error shape (FastAPI's 422 elsewhere).
+- `json_body(Model)`: a FastAPI dependency parsing the JSON body with pydantic's own parser, so invalid
+  UTF-8, lone surrogates (`"\\udcff"`) and deep nesting are 400s naming the problem, never 500s.
+- `install_error_handlers(app)`: every error is JSON in the route's own format (`error_response`):
+  `{"error": {...}}` (the OpenAI shape) on `/v1/...`; elsewhere the same plus `text` and `error_code`,
+  which clients of the original protocol show. Anything unexpected is a logged 500 in that format.
 """
 from __future__ import annotations
 
@@ -18,17 +21,21 @@ import binascii
 import hmac
 import io
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from pydantic import BaseModel, ValidationError
 
+from mgm.constants import MAX_IMAGE_PIXELS
 from mgm.serve.protocol import (
+    ERROR_BAD_REQUEST,
+    ERROR_WORKER,
     AuthenticationError,
     ImageInputError,
     ImageTooLargeError,
@@ -40,7 +47,8 @@ from mgm.serve.protocol import (
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a request with a few base64 images fits easily
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192  # 67 Mpx; PIL's own bomb guard is 89 Mpx (warn) / 179 Mpx (error)
+DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # the CLI's limit too (mgm.data.image.open_image)
+LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop
 
 
 @dataclass(frozen=True)
@@ -95,10 +103,48 @@ def api_key_dependency(api_key: str | None) -> Callable[[Request], Awaitable[Non
     return require_api_key
 
 
+def presents_key(request: Request, api_key: str | None) -> bool:
+    """True when `api_key` is set and the request carries it."""
+    if not api_key:
+        return False
+    presented = _presented_key(request)
+    return presented is not None and hmac.compare_digest(presented.encode(), api_key.encode())
+
+
+# --- JSON bodies -------------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json_body(raw: bytes, model: type[M]) -> M:
+    """Validate a request body as `model`; every failure is a `RequestError` (400) saying what is wrong.
+
+    pydantic's JSON parser (not `json.loads`) refuses invalid UTF-8, lone surrogate escapes and nesting
+    deeper than its recursion limit with a message and position, instead of raising RecursionError or
+    letting a lone surrogate reach the tokenizer.
+    """
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestError(f"invalid request body: {format_validation_errors(exc.errors())}") from None
+
+
+def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body parsed by `parse_json_body` (large bodies in a thread)."""
+    import asyncio
+
+    async def parse(request: Request) -> M:
+        raw = await request.body()
+        if len(raw) > LARGE_BODY_BYTES:
+            return await asyncio.to_thread(parse_json_body, raw, model)
+        return parse_json_body(raw, model)
+
+    return parse
+
+
 # --- body size ---------------------------------------------------------------------------------------
-def _json_413(limit: int) -> tuple[dict[str, Any], bytes]:
-    body = json.dumps(error_body(f"request body exceeds the limit of {limit} bytes",
-                                 code=PayloadTooLargeError.code)).encode()
+def _json_413(limit: int, path: str) -> tuple[dict[str, Any], bytes]:
+    body = json.dumps(route_error_body(path, error_body(f"request body exceeds the limit of {limit} bytes",
+                                                        code=PayloadTooLargeError.code), 413)).encode()
     start = {"type": "http.response.start", "status": 413,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
     return start, body
@@ -123,7 +169,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    await self._reject(send, limit)
+                    await self._reject(send, limit, scope.get("path", ""))
                     return
         received = 0
         started = False
@@ -140,7 +186,7 @@ class BodySizeLimitMiddleware:
                     rejected = True
                     if not started:
                         started = True
-                        await self._reject(send, limit)
+                        await self._reject(send, limit, scope.get("path", ""))
                     # the app sees a disconnect and stops reading; whatever it answers is dropped below
                     return {"type": "http.disconnect"}
             return message
@@ -156,8 +202,8 @@ class BodySizeLimitMiddleware:
         await self.app(scope, limited_receive, guarded_send)
 
     @staticmethod
-    async def _reject(send: Callable, limit: int) -> None:
-        start, body = _json_413(limit)
+    async def _reject(send: Callable, limit: int, path: str) -> None:
+        start, body = _json_413(limit, path)
         await send(start)
         await send({"type": "http.response.body", "body": body})
 
@@ -177,6 +223,8 @@ def decode_image_bytes(data: bytes, policy: ImagePolicy = ImagePolicy(), *, mode
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{what}: {exc}") from None
+    except Image.UnidentifiedImageError:  # its message names the BytesIO, not the input
+        raise ImageInputError(f"{what}: not a readable image file (not an image format PIL can read)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageInputError(f"{what}: not a readable image file ({exc})") from None
     width, height = image.size
@@ -211,27 +259,47 @@ def decode_base64_image(b64: str, policy: ImagePolicy = ImagePolicy(), *, mode: 
 
 
 # --- error handlers ----------------------------------------------------------------------------------
-async def request_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """`RequestError` → its HTTP status with `{"error": {...}}`."""
-    assert isinstance(exc, RequestError)
+def route_error_body(path: str, body: dict[str, Any], status_code: int) -> dict[str, Any]:
+    """An `error_body` in the format of the route at `path`: as is on `/v1/...` (OpenAI clients), plus
+    `text` (the message) and `error_code` elsewhere (original-protocol clients show `text`)."""
+    if path.startswith("/v1/"):
+        return body
+    code = ERROR_WORKER if status_code >= 500 else ERROR_BAD_REQUEST
+    return {"text": body["error"]["message"], "error_code": code, **body}
+
+
+def error_response(request: Request, exc: RequestError) -> JSONResponse:
+    """`exc` as a JSON answer in the format of `request`'s route."""
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(request_error_body(exc), status_code=exc.status_code, headers=headers)
+    return JSONResponse(route_error_body(request.url.path, request_error_body(exc), exc.status_code),
+                        status_code=exc.status_code, headers=headers)
+
+
+async def request_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """`RequestError` → its HTTP status with a JSON body in the route's format."""
+    assert isinstance(exc, RequestError)
+    return error_response(request, exc)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """Bad JSON / wrong fields: OpenAI routes answer 400 in the OpenAI shape, others FastAPI's 422."""
+    """Bad fields FastAPI found itself (query/path parameters): 400 in the route's format."""
     assert isinstance(exc, RequestValidationError)
-    if request.url.path.startswith("/v1/"):
-        return JSONResponse(error_body(f"invalid request body: {format_validation_errors(exc.errors())}",
-                                       code="invalid_request"), status_code=400)
-    return await request_validation_exception_handler(request, exc)
+    return error_response(request, RequestError(f"invalid request: {format_validation_errors(exc.errors())}"))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Anything else: logged with its traceback, answered 500 in the route's format (never plain text)."""
+    logging.getLogger("mgm.serve").error("unhandled error on %s", request.url.path, exc_info=exc)
+    body = error_body(f"internal server error ({type(exc).__name__})", error_type="server_error",
+                      code="internal_error")
+    return JSONResponse(route_error_body(request.url.path, body, 500), status_code=500)
 
 
 def format_validation_errors(errors: Any) -> str:
-    """One line from pydantic/FastAPI error dicts, e.g. "body.messages: Field required"."""
+    """One line from pydantic/FastAPI error dicts, e.g. "messages: Field required" (inputs left out)."""
     parts = []
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
     return "; ".join(parts) or "invalid"
 
@@ -240,3 +308,4 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error handlers on `app`."""
     app.add_exception_handler(RequestError, request_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
