@@ -84,3 +84,47 @@ def test_cli_interactive_through_a_terminal(tiny_zoo, image_file):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-new-tokens", "-5"], "--max-new-tokens must be >= 1, got -5"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be between 0 (greedy) and 2"),
+    (["--temperature", "2.5"], "--temperature must be between 0 (greedy) and 2, got 2.5"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--load-8bit", "--load-4bit"], "mutually exclusive"),
+])
+def test_cli_flags_are_checked_before_the_model_loads(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:  # the model path does not exist: the flags are refused first
+        cli.main(["--model-path", str(tmp_path / "no-model"), *flags])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_image_file_directory_and_non_image_say_what_they_are(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model-path", str(tmp_path / "no-model"), "--image-file", str(tmp_path)])
+    assert "is a directory" in capsys.readouterr().err
+    from mgm.constants import MAX_IMAGE_PIXELS
+    from mgm.data.image import open_image
+    from mgm.errors import UserError
+    from mgm.serve.security import DEFAULT_MAX_IMAGE_PIXELS
+
+    assert DEFAULT_MAX_IMAGE_PIXELS == MAX_IMAGE_PIXELS == open_image.__defaults__[-1]  # one limit everywhere
+    with pytest.raises(UserError, match="is a directory"):
+        open_image(tmp_path)
+    (tmp_path / "notes.png").write_bytes(b"not an image at all")
+    with pytest.raises(UserError) as err:
+        open_image(tmp_path / "notes.png")
+    assert "notes.png" in str(err.value) and "BytesIO" not in str(err.value)
+
+
+@pytest.mark.parametrize("errors", ["strict", "surrogateescape"])
+def test_cli_stdin_that_is_not_utf8_is_a_clear_error(tiny_zoo, monkeypatch, capsys, errors):
+    # strict: a UTF-8 locale; surrogateescape: what Python uses for stdin under a C/POSIX locale
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9 \xff\n"), encoding="utf-8",
+                                                       errors=errors))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--model-path", tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"], "--device", "cpu",
+                  "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "standard input is not UTF-8 text" in err and "Traceback" not in err

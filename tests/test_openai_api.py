@@ -235,3 +235,49 @@ def test_local_files_with_the_flag_and_api_key(loaded, tmp_path):
         assert httpx.get(server.url + "/health", trust_env=False).status_code == 200
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("via", ["worker", "controller"])
+def test_fields_this_server_cannot_honour_are_refused_by_name(servers, via):
+    ctrl, worker, _ = servers
+    c = client(worker.url if via == "worker" else ctrl.url)
+    msgs = [{"role": "user", "content": "Hi"}]
+    refused = [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tool_choice": "auto"}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"frequency_penalty": -1.0}, "frequency_penalty"),
+        ({"seed": 3, "temperature": 0.8}, "seed"),
+    ]
+    for extra, field in refused:
+        with pytest.raises(openai.BadRequestError) as err:
+            c.chat.completions.create(model=TINY_MODEL, messages=msgs, max_tokens=2, **extra)
+        assert err.value.body["param"] == field and f"`{field}`" in err.value.body["message"]
+    # their "off" values, and a seed with greedy decoding, are fine
+    ok = c.chat.completions.create(model=TINY_MODEL, messages=msgs, max_tokens=2, temperature=0, seed=3,
+                                   response_format={"type": "text"}, logprobs=False, presence_penalty=0,
+                                   frequency_penalty=0.0, tool_choice="none", user="someone")
+    assert ok.usage.completion_tokens >= 1
+    model = c.models.retrieve(TINY_MODEL)
+    assert model.id == TINY_MODEL and model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("no-such-model")
+
+
+@pytest.mark.parametrize("via", ["worker", "controller"])
+def test_bodies_that_are_not_valid_json_text_are_400_in_the_openai_shape(servers, via):
+    ctrl, worker, _ = servers
+    url = (worker.url if via == "worker" else ctrl.url) + "/v1/chat/completions"
+    head = b'{"model": "' + TINY_MODEL.encode() + b'", "messages": [{"role": "user", "content": '
+    for raw, named in [(head + b'"hi \\udcff"}]}', "surrogate"),  # the lone surrogate
+                       (head + b"[" * 50_000 + b"]" * 50_000 + b"}]}", "recursion"),
+                       (head + b'"caf\xe9"}]}', "unicode")]:  # Latin-1, not UTF-8
+        r = httpx.post(url, content=raw, headers={"content-type": "application/json"}, trust_env=False, timeout=30)
+        assert r.status_code == 400 and set(r.json()) == {"error"}, r.text
+        assert named in r.json()["error"]["message"].lower()
+    # a valid surrogate pair (an emoji, as ensure_ascii JSON writes it) is fine
+    r = httpx.post(url, content=head + b'"hi \\ud83d\\ude00"}], "max_tokens": 2}',
+                   headers={"content-type": "application/json"}, trust_env=False, timeout=60)
+    assert r.status_code == 200, r.text

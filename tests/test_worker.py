@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -31,7 +32,7 @@ from mgm.serve import batcher as batcher_mod
 from mgm.serve.controller import ControllerSettings, create_app as controller_app
 from mgm.serve.engine import GenerationParams, Request
 from mgm.serve.model_worker import add_content, assistant_tail, parse_settings
-from mgm.serve.protocol import EXCEEDS_MAX_TOKENS_MSG, SERVER_ERROR_MSG, iter_chunks
+from mgm.serve.protocol import ERROR_BAD_REQUEST, EXCEEDS_MAX_TOKENS_MSG, iter_chunks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,10 +164,70 @@ def test_stop_string_is_trimmed_and_stop_may_be_absent(worker, loaded):
     assert cut == prompt + full[:full.index(stop)]
 
 
-def test_image_count_mismatch_is_an_error_chunk(worker):
+@pytest.mark.parametrize("via", ["worker", "controller"])
+def test_bad_requests_are_4xx_saying_what_happened(worker, controller, via):
     _, server = worker
-    chunks = stream(server.url, {"prompt": vicuna_prompt("Hi", n_images=1), "images": []})
-    assert chunks == [{"text": SERVER_ERROR_MSG, "error_code": 1}]
+    url = (server.url if via == "worker" else controller.url) + "/worker_generate_stream"
+    base = {"model": TINY_MODEL, "prompt": vicuna_prompt("Hi", n_images=0)}
+    cases = [  # (body, what the message must name)
+        ({**base, "prompt": vicuna_prompt("Hi", n_images=1)}, "1 <image> tag(s) but 0 image(s)"),
+        ({**base, "max_new_tokens": -1}, "max_new_tokens"),
+        ({**base, "temperature": 5}, "temperature"),
+        ({**base, "images": [], "prompt": 7}, "prompt"),
+    ]
+    for body, named in cases:
+        r = httpx.post(url, json=body, trust_env=False, timeout=30)
+        assert r.status_code == 400, (body, r.text)
+        answer = r.json()
+        assert answer["error_code"] == ERROR_BAD_REQUEST and named in answer["text"], answer
+        assert answer["error"]["message"] == answer["text"]
+    raw_cases = [  # bodies that are not valid JSON text: lone surrogate, 50,000 deep, invalid UTF-8
+        (b'{"prompt": "hi \\udcff"}', "surrogate"),
+        (b'{"prompt": "x", "extra": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "recursion"),
+        (b'{"prompt": "hi \xff\xfe"}', "unicode"),
+    ]
+    for raw, named in raw_cases:
+        r = httpx.post(url, content=raw, headers={"content-type": "application/json"}, trust_env=False, timeout=30)
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text
+        assert named in r.json()["text"].lower() and r.json()["error_code"] == ERROR_BAD_REQUEST
+    assert httpx.get(server.url + "/health", trust_env=False).json()["status"] == "ok"
+
+
+def test_health_answers_while_a_maximal_prompt_is_refused(worker):
+    """A prompt of 20 MB (under the body limit here) is refused by a character bound, never tokenised:
+    the event loop stays free (the original tokenised it on the loop: /health stalled for ~20 s)."""
+    w, _ = worker
+    big_worker = make_worker(w.engine, w.conv_mode, max_body_bytes=64 * 1024 * 1024)
+    server = start_worker(big_worker)
+    huge = "hello " * (20 * 1024 * 1024 // 6)
+    answers: dict[str, httpx.Response] = {}
+
+    def send(kind: str) -> None:
+        if kind == "v1":
+            body = {"model": TINY_MODEL, "messages": [{"role": "user", "content": huge}]}
+            answers[kind] = httpx.post(server.url + "/v1/chat/completions", json=body, trust_env=False, timeout=60)
+        else:
+            answers[kind] = httpx.post(server.url + "/worker_generate_stream", json={"prompt": huge},
+                                       trust_env=False, timeout=60)
+
+    try:
+        for kind in ("v1", "original"):
+            t0 = time.monotonic()
+            sender = threading.Thread(target=send, args=(kind,))
+            sender.start()
+            worst = 0.0
+            while sender.is_alive():
+                h0 = time.monotonic()
+                assert httpx.get(server.url + "/health", trust_env=False, timeout=5).status_code == 200
+                worst = max(worst, time.monotonic() - h0)
+                time.sleep(0.02)
+            sender.join()
+            assert worst < 1.0, f"/health took {worst:.2f} s during the {kind} request"
+            assert time.monotonic() - t0 < 20
+        assert answers["v1"].status_code == 400 and "characters" in answers["v1"].json()["error"]["message"]
+        assert iter_chunks([answers["original"].content]).__next__()["text"].endswith(EXCEEDS_MAX_TOKENS_MSG)
+    finally:
+        server.stop()
 
 
 def test_token_budget_counts_the_real_image_tokens(worker, loaded, monkeypatch):
@@ -190,7 +251,8 @@ def test_corrupt_and_oversized_images_get_json_errors(worker):
                    trust_env=False)
     assert r.status_code == 400
     body = r.json()
-    assert body["error"]["code"] == "invalid_image" and body["error_code"] == 1 and body["text"] == SERVER_ERROR_MSG
+    assert body["error"]["code"] == "invalid_image" and body["error_code"] == ERROR_BAD_REQUEST
+    assert body["text"].startswith("images[0]: not a readable image file") and "BytesIO" not in body["text"]
     r = httpx.post(server.url + "/worker_generate_stream", json={**base, "images": [image_b64((300, 300))]},
                    trust_env=False)
     assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
@@ -203,9 +265,9 @@ def test_malformed_json_body(worker):
     _, server = worker
     r = httpx.post(server.url + "/worker_generate_stream", content=b"{not json",
                    headers={"content-type": "application/json"}, trust_env=False)
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error_code"] == ERROR_BAD_REQUEST
     r = httpx.post(server.url + "/worker_generate_stream", json={"images": []}, trust_env=False)  # no prompt
-    assert r.status_code == 422
+    assert r.status_code == 400 and "prompt: Field required" in r.json()["text"]
 
 
 # --- disconnects and load ----------------------------------------------------------------------------
