@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgm.errors import UserError
-from mgm.zoo.checkpoint import randomize_, seeded_generator
+from mgm.zoo.random_weights import randomize_, seeded_generator
 
 HIDDEN_SIZE = 64
 NUM_LAYERS = 2

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mgm.zoo.checkpoint import randomize_, seeded_generator
+from mgm.zoo.random_weights import randomize_, seeded_generator
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
