@@ -58,21 +58,26 @@ def random_batch(gen, rows=4, length=9, dim=5, per_image=3):
     return ids, mask, labels, torch.randn(rows, length, dim, generator=gen), per_image
 
 
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                         reason="needs CUDA")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("max_length", [None, 7])
 @pytest.mark.parametrize("placeholders", [True, False])
-def test_vectorised_splice_equals_the_row_loop(side, max_length, placeholders):
+def test_vectorised_splice_equals_the_row_loop(side, max_length, placeholders, device):
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
         ids, mask, labels, text, per_image = random_batch(gen)
         n_tokens = int(((ids == IMAGE_TOKEN_INDEX) & mask).sum())
         n_text = int((((ids == IMAGE_TOKEN_INDEX) & mask).sum(1) == 0).sum())
         features = torch.randn(n_tokens + (n_text if placeholders else 0), per_image, text.shape[-1], generator=gen)
-        slots = assign_images(ids, mask, features.shape[0])
-        ours = splice(text, features, slots, mask, labels, max_length, side)
+        slots = assign_images(ids.to(device), mask.to(device), features.shape[0])
+        ours = splice(text.to(device), features.to(device), slots, mask.to(device), labels.to(device), max_length, side)
         ref = loop_reference(text, features, ids, mask, labels, max_length, side, placeholders)
         for a, b in zip(ours, ref):
-            assert a.shape == b.shape and torch.equal(a, b)
+            assert a.device.type == device and a.shape == b.shape and torch.equal(a.cpu(), b)
 
 
 def test_count_mismatch_names_both_counts():
