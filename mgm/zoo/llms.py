@@ -48,6 +48,20 @@ class LLMSpec:
     rope_theta: float
     rms_norm_eps: float
     transformers_version: str  # version the original MGM run saved with
+    # Family facts as data (a new family is one row): the config's pad id, tied embeddings and explicit
+    # head_dim; `released_act` is the `hidden_act` the released config says when it differs from the
+    # class default (written as-is, with `hidden_activation: null`); `config_extra` go into both the tiny
+    # config and the legacy one, `legacy_extra` only into the legacy one (keys transformers 4.36 wrote);
+    # `generation_eos` names the generation config's eos tokens when they are not just the tokenizer's;
+    # `generation_extra` are further generation-config values.
+    pad_token_id: int | None = None
+    tied_embeddings: bool = False
+    explicit_head_dim: bool = False
+    released_act: str | None = None
+    config_extra: tuple[tuple[str, object], ...] = ()
+    legacy_extra: tuple[tuple[str, object], ...] = ()
+    generation_eos: tuple[str, ...] = ()
+    generation_extra: tuple[tuple[str, object], ...] = ()
 
     def mgm_model_type(self, legacy: bool = False) -> str:
         """`model_type` of the MGM checkpoint: mgm / mgm_gemma / ... or the pre-rename mini_gemini*."""
@@ -64,12 +78,9 @@ class LLMSpec:
         ids = _token_ids(tokenizer_dir)
         eos_name = tok["eos_token"]
         out: dict[str, object] = {"bos_token_id": ids[tok["bos_token"]], "eos_token_id": ids[eos_name]}
-        if self.family in ("vicuna", "yi", "gemma"):
-            out["pad_token_id"] = 0  # vicuna-7b-v1.5, Yi and gemma configs carry pad_token_id 0
-        generation_eos: object = out["eos_token_id"]
-        if self.family == "llama3":
-            generation_eos = [ids["<|end_of_text|>"], ids["<|eot_id|>"]]
-        out["generation_eos"] = generation_eos
+        if self.pad_token_id is not None:
+            out["pad_token_id"] = self.pad_token_id
+        out["generation_eos"] = [ids[t] for t in self.generation_eos] if self.generation_eos else out["eos_token_id"]
         return out
 
     def hf_config_kwargs(self, vocab_size: int, token_ids: dict[str, object]) -> dict[str, object]:
@@ -80,14 +91,11 @@ class LLMSpec:
             num_key_value_heads=self.num_key_value_heads, max_position_embeddings=MAX_POSITIONS,
             rms_norm_eps=self.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
             bos_token_id=token_ids["bos_token_id"], eos_token_id=token_ids["eos_token_id"],
-            pad_token_id=token_ids.get("pad_token_id"), tie_word_embeddings=self.family == "gemma",
+            pad_token_id=token_ids.get("pad_token_id"), tie_word_embeddings=self.tied_embeddings,
         )
-        if self.family == "gemma":
+        if self.explicit_head_dim:
             kw["head_dim"] = HIDDEN_SIZE // NUM_HEADS
-        if self.family in ("mistral", "mixtral"):
-            kw["sliding_window"] = None
-        if self.family == "mixtral":
-            kw.update(num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02)
+        kw.update(self.config_extra)
         return kw
 
     def legacy_config(self, vocab_size: int, token_ids: dict[str, int | None], dtype: str = "float32"
@@ -105,7 +113,7 @@ class LLMSpec:
             "attention_dropout": 0.0,
             "bos_token_id": ids["bos_token_id"],
             "eos_token_id": ids["eos_token_id"],
-            "hidden_act": "gelu" if self.family == "gemma" else "silu",
+            "hidden_act": self.released_act or "silu",
             "hidden_size": HIDDEN_SIZE,
             "initializer_range": 0.02,
             "intermediate_size": INTERMEDIATE_SIZE,
@@ -116,7 +124,7 @@ class LLMSpec:
             "num_key_value_heads": self.num_key_value_heads,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "tie_word_embeddings": self.family == "gemma",
+            "tie_word_embeddings": self.tied_embeddings,
             "torch_dtype": dtype,
             "transformers_version": self.transformers_version,
             "use_cache": True,
@@ -124,35 +132,36 @@ class LLMSpec:
         }
         if ids.get("pad_token_id") is not None:
             cfg["pad_token_id"] = ids["pad_token_id"]
-        if self.hf_model_type in ("llama", "gemma"):
-            cfg.update(attention_bias=False, rope_scaling=None)
-        if self.hf_model_type == "llama":
-            cfg["pretraining_tp"] = 1
-        if self.family == "gemma":
+        if self.explicit_head_dim:
             cfg["head_dim"] = HIDDEN_SIZE // NUM_HEADS
-        if self.family in ("mistral", "mixtral"):
-            cfg["sliding_window"] = None
-        if self.family == "mixtral":
-            cfg.update(num_experts_per_tok=2, num_local_experts=4, output_router_logits=False,
-                       router_aux_loss_coef=0.02)
+        cfg.update(self.config_extra)
+        cfg.update(self.legacy_extra)
         return dict(sorted(cfg.items()))
 
 
+_LLAMA_436 = (("attention_bias", False), ("rope_scaling", None), ("pretraining_tp", 1))  # LlamaConfig, 4.36
+_NO_SLIDING_WINDOW = (("sliding_window", None),)
 LLM_SPECS: dict[str, LLMSpec] = {
     s.family: s
     for s in (
         LLMSpec("vicuna", "LlamaForCausalLM", "llama", "vicuna", "", "Llama", "Vicuna", "vicuna_v1", 4, 10000.0,
-                1e-5, "4.36.2"),
+                1e-5, "4.36.2", pad_token_id=0, legacy_extra=_LLAMA_436),
         LLMSpec("llama3", "LlamaForCausalLM", "llama", "llama3", "", "Llama", "LLaMA3", "llama_3", 2, 500000.0,
-                1e-5, "4.36.2"),
+                1e-5, "4.36.2", legacy_extra=_LLAMA_436, generation_eos=("<|end_of_text|>", "<|eot_id|>"),
+                generation_extra=(("do_sample", True), ("temperature", 0.6), ("top_p", 0.9),
+                                  ("max_length", MAX_POSITIONS))),
         LLMSpec("gemma", "GemmaForCausalLM", "gemma", "gemma", "gemma", "Gemma", "Gemma", "gemma", 1, 10000.0,
-                1e-6, "4.38.2"),
+                1e-6, "4.38.2", pad_token_id=0, tied_embeddings=True, explicit_head_dim=True, released_act="gelu",
+                legacy_extra=(("attention_bias", False), ("rope_scaling", None))),
         LLMSpec("mistral", "MistralForCausalLM", "mistral", "mistral", "mistral", "Mistral", "Mistral",
-                "mistral_instruct", 2, 10000.0, 1e-5, "4.36.2"),
+                "mistral_instruct", 2, 10000.0, 1e-5, "4.36.2", config_extra=_NO_SLIDING_WINDOW),
         LLMSpec("mixtral", "MixtralForCausalLM", "mixtral", "mistral", "mixtral", "Mixtral", "Mixtral",
-                "mistral_instruct", 2, 1000000.0, 1e-5, "4.36.2"),
+                "mistral_instruct", 2, 1000000.0, 1e-5, "4.36.2",
+                config_extra=(*_NO_SLIDING_WINDOW, ("num_local_experts", 4), ("num_experts_per_tok", 2),
+                              ("router_aux_loss_coef", 0.02)),
+                legacy_extra=(("output_router_logits", False),)),
         LLMSpec("yi", "LlamaForCausalLM", "llama", "yi", "", "Llama", "Yi", "chatml_direct", 2, 5000000.0, 1e-5,
-                "4.36.2"),
+                "4.36.2", pad_token_id=0, legacy_extra=_LLAMA_436),
     )
 }
 LLM_FAMILIES: tuple[str, ...] = tuple(LLM_SPECS)
@@ -193,17 +202,16 @@ def build_llm(family: str, out_dir: str | Path, seed: int) -> Path:
     model = model_cls(config).eval()
     randomize_(model, seeded_generator(seed, f"llm/{family}"))
     model.save_pretrained(str(out))
-    if family == "gemma":
-        # Released gemma-2b-it (what MGM-2B was trained from): `hidden_act: "gelu"`, no tanh marker.
+    if spec.released_act:
+        # E.g. released gemma-2b-it (what MGM-2B was trained from): `hidden_act: "gelu"`, no tanh marker.
         cfg = json.loads((out / "config.json").read_text())
-        cfg["hidden_act"] = "gelu"
+        cfg["hidden_act"] = spec.released_act
         cfg["hidden_activation"] = None
         (out / "config.json").write_text(json.dumps(dict(sorted(cfg.items())), indent=2) + "\n")
     generation: dict[str, object] = {"bos_token_id": ids["bos_token_id"], "eos_token_id": ids["generation_eos"]}
     if "pad_token_id" in ids:
         generation["pad_token_id"] = ids["pad_token_id"]
-    if family == "llama3":
-        generation.update(do_sample=True, temperature=0.6, top_p=0.9, max_length=MAX_POSITIONS)
+    generation.update(spec.generation_extra)
     generation["transformers_version"] = spec.transformers_version
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out
