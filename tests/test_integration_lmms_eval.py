@@ -1,0 +1,221 @@
+"""lmms-eval's own CLI runs the `mgm` model (mgm.integrations.lmms_eval) offline on local tasks.
+
+The tasks are YAML files this test writes, over parquet files with embedded images; one run of
+`lmms-eval --model mgm ... --log_samples` covers generate_until (answers equal
+`python -m mgm.eval.model_vqa_loader` on the same questions, with and without `until` stops),
+multiple choice (loglikelihood, checked against a plain forward pass with labels) and a
+multi-round task. Skipped where lmms-eval is not importable (it lives in its own venv:
+scripts/setup_eval_harness_venv.sh lmms-eval).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed in this python; CI runs this file in the "
+                                        "venv built by scripts/setup_eval_harness_venv.sh lmms-eval")
+
+from harness_data import COLOURS, questions, run_mgm_runner, trim_at, write_llava_jsonl  # noqa: E402
+
+CHECKPOINT = "MGM-Tiny-Vicuna"
+MAX_NEW_TOKENS = 12
+
+TASK_UTILS = '''
+"""doc_to_* functions of the test tasks."""
+
+
+def doc_to_visual(doc):
+    return [doc["image"]]
+
+
+def doc_to_text_mc(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"] + " Answer with a colour."
+
+
+def doc_to_text_rounds(doc, lmms_eval_specific_kwargs=None, previous_output=None, round_idx=None,
+                       previous_round_info=None):
+    if round_idx is None:
+        return doc["question"]
+    # round 2 asks the same question again with the image; after it the conversation ends
+    return [doc["image"]], doc["question"], round_idx >= 2, previous_output, None
+
+
+def process_rounds(doc, results):
+    return {"rounds": float(len(results[0]))}
+'''
+
+
+def _task(name: str, data: Path, output_type: str, extra: str) -> str:
+    return (f"task: {name}\ndataset_path: parquet\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+            f"test_split: test\noutput_type: {output_type}\ndoc_to_visual: !function utils.doc_to_visual\n"
+            + extra)
+
+
+def _generate_task(name: str, data: Path, until: list[str]) -> str:
+    return _task(name, data, "generate_until",
+                 "doc_to_text: question\ndoc_to_target: answer\n"
+                 f"generation_kwargs:\n  max_new_tokens: {MAX_NEW_TOKENS}\n  temperature: 0\n"
+                 f"  until: {json.dumps(until)}\n"
+                 "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+
+
+@pytest.fixture(scope="module")
+def run(tiny_zoo, tmp_path_factory):
+    """Data, loader answers, task YAMLs, and one lmms-eval CLI run over all tasks."""
+    from datasets import Dataset, Features, Image, Value
+
+    root = tmp_path_factory.mktemp("lmms_eval")
+    ckpt = tiny_zoo["checkpoints"][CHECKPOINT]["path"]
+    records = questions(6)
+    qfile, images = write_llava_jsonl(records, root)
+    loader = run_mgm_runner("mgm.eval.model_vqa_loader", [
+        "--model-path", ckpt, "--question-file", str(qfile), "--image-folder", str(images),
+        "--answers-file", str(root / "loader.jsonl"), "--conv-mode", "vicuna_v1", "--temperature", "0",
+        "--max_new_tokens", str(MAX_NEW_TOKENS), "--device", "cpu", "--no-progress"])
+    expected = {r["question_id"]: r["text"] for r in loader}
+
+    names = list(COLOURS)
+    features = Features({"question_id": Value("string"), "question": Value("string"), "image": Image(),
+                         "answer": Value("string"), "label": Value("int64")})
+    table = {"question_id": [r["question_id"] for r in records], "question": [r["text"] for r in records],
+             "image": [{"bytes": r["png"], "path": None} for r in records],
+             "answer": [r["colour"] for r in records], "label": [names.index(r["colour"]) for r in records]}
+    data = root / "data" / "test.parquet"
+    data.parent.mkdir()
+    Dataset.from_dict(table, features=features).to_parquet(str(data))
+
+    # a stop string that occurs inside some loader answer, so `until` visibly cuts it
+    longest = max(expected.values(), key=len)
+    stop = longest[len(longest) // 2: len(longest) // 2 + 2]
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / "utils.py").write_text(TASK_UTILS)
+    (tasks / "mgm_tiny_vqa.yaml").write_text(_generate_task("mgm_tiny_vqa", data, []))
+    (tasks / "mgm_tiny_vqa_until.yaml").write_text(_generate_task("mgm_tiny_vqa_until", data, [stop]))
+    (tasks / "mgm_tiny_mc.yaml").write_text(_task(
+        "mgm_tiny_mc", data, "multiple_choice",
+        "doc_to_text: !function utils.doc_to_text_mc\ndoc_to_target: label\n"
+        f"doc_to_choice: {json.dumps(names)}\nmetric_list:\n  - metric: acc\n"))
+    (tasks / "mgm_tiny_rounds.yaml").write_text(_task(
+        "mgm_tiny_rounds", data, "generate_until_multi_round",
+        "doc_to_text: !function utils.doc_to_text_rounds\ndoc_to_target: answer\n"
+        f"generation_kwargs:\n  max_new_tokens: {MAX_NEW_TOKENS}\n  temperature: 0\n  until: []\n"
+        "process_results: !function utils.process_rounds\n"
+        "metric_list:\n  - metric: rounds\n    aggregation: mean\n    higher_is_better: true\n"))
+
+    out = root / "out"
+    cli = Path(sys.executable).with_name("lmms-eval")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "lmms_eval"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(root / "hf"),
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(command + [
+        "--model", "mgm", "--model_args", f"pretrained={ckpt},conv_mode=vicuna_v1,batch_size=4,device=cpu",
+        "--tasks", "mgm_tiny_vqa,mgm_tiny_vqa_until,mgm_tiny_mc,mgm_tiny_rounds", "--include_path", str(tasks),
+        "--output_path", str(out), "--log_samples", "--verbosity", "WARNING"],
+        capture_output=True, text=True, timeout=900, env=env, cwd=root)
+    # lmms-eval logs a failed evaluation and still exits 0: the results file is the real signal
+    assert proc.returncode == 0 and list(out.rglob("*_results.json")), proc.stdout[-3000:] + proc.stderr[-5000:]
+    return {"root": root, "out": out, "records": records, "expected": expected, "stop": stop, "ckpt": ckpt,
+            "proc": proc}
+
+
+def _samples(out: Path, task: str) -> list[dict]:
+    files = sorted(out.rglob(f"*_samples_{task}.jsonl"))
+    assert files, f"no samples file for {task} under {out}: {[str(p) for p in out.rglob('*')]}"
+    return sorted((json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()),
+                  key=lambda s: s["doc_id"])
+
+
+def _answer(sample: dict):
+    resp = sample["filtered_resps"]
+    return resp[0] if isinstance(resp, list) and len(resp) == 1 else resp
+
+
+def test_results_json_has_every_task(run):
+    files = sorted(run["out"].rglob("*_results.json"))
+    assert files, run["proc"].stderr[-2000:]
+    results = json.loads(files[-1].read_text())["results"]
+    assert set(results) >= {"mgm_tiny_vqa", "mgm_tiny_vqa_until", "mgm_tiny_mc", "mgm_tiny_rounds"}
+    assert 0.0 <= results["mgm_tiny_mc"]["acc,none"] <= 1.0
+    assert results["mgm_tiny_rounds"]["rounds,none"] == 2.0
+
+
+def test_generate_until_equals_model_vqa_loader(run):
+    samples = _samples(run["out"], "mgm_tiny_vqa")
+    assert len(samples) == len(run["records"])
+    got = {run["records"][s["doc_id"]]["question_id"]: _answer(s) for s in samples}
+    assert got == run["expected"]
+    assert any(got.values())  # the tiny model says something, so equality means something
+
+
+def test_until_stops_cut_the_answer(run):
+    stop = run["stop"]
+    samples = _samples(run["out"], "mgm_tiny_vqa_until")
+    got = {run["records"][s["doc_id"]]["question_id"]: _answer(s) for s in samples}
+    want = {qid: trim_at(text, [stop]) for qid, text in run["expected"].items()}
+    assert got == want
+    assert want != run["expected"]  # at least one answer was cut
+
+
+def test_multi_round_answers_each_round(run):
+    samples = _samples(run["out"], "mgm_tiny_rounds")
+    for s in samples:
+        rounds = s["resps"][0] if "resps" in s else s["filtered_resps"]
+        rounds = rounds[0] if rounds and isinstance(rounds[0], list) else rounds
+        want = run["expected"][run["records"][s["doc_id"]]["question_id"]]
+        assert list(rounds) == [want, want]
+
+
+def test_multiple_choice_loglikelihood_matches_a_labelled_forward(run, loaded_models):
+    """Each choice's log-likelihood equals -(cross-entropy sum) of a plain one-row forward with labels."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from mgm.eval.runner import build_prompt
+    from mgm.mm_utils import tokenizer_image_token
+    from mgm.serve.engine import InferenceEngine
+
+    tokenizer, model, processor, context_len = loaded_models(CHECKPOINT)
+    engine = InferenceEngine(tokenizer, model, processor, context_len)
+    samples = _samples(run["out"], "mgm_tiny_mc")
+    assert len(samples) == len(run["records"])
+    names = list(COLOURS)
+    for s in samples:
+        record = run["records"][s["doc_id"]]
+        images, images_aux = engine.image_tensors([Image.open(io.BytesIO(record["png"]))])
+        prompt = build_prompt("vicuna_v1", "<image>\n" + record["text"] + " Answer with a colour.")
+        prompt_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
+        scored = s["filtered_resps"]  # the samples file stores [log-likelihood, is-greedy] as strings
+        assert len(scored) == len(names)
+        for choice, (logprob, greedy) in zip(names, scored):
+            ids = tokenizer_image_token(prompt + " " + choice, tokenizer, return_tensors="pt")
+            labels = ids.clone()
+            labels[: prompt_ids.shape[0]] = -100
+            with torch.inference_mode():
+                out = model(input_ids=ids[None], labels=labels[None], images=images, images_aux=images_aux)
+            n = int((labels != -100).sum())
+            assert n > 0 and greedy in ("True", "False")
+            assert float(logprob) == pytest.approx(-float(out.loss) * n, rel=1e-4, abs=1e-3)
+
+
+def test_unknown_model_arg_is_named(tiny_zoo):
+    from mgm.errors import UserError
+    from mgm.integrations.lmms_eval.model import MGM
+
+    with pytest.raises(UserError, match="unknown model_args for mgm: colour"):
+        MGM.create_from_arg_string(f"pretrained={tiny_zoo['checkpoints'][CHECKPOINT]['path']},colour=red")
+
+
+def test_entry_point_registers_mgm():
+    from lmms_eval.models import get_model
+
+    from mgm.integrations.lmms_eval.model import MGM
+
+    assert get_model("mgm") is MGM
