@@ -49,7 +49,9 @@ PIP="$VENV/bin/python -m pip"
 # mgm from this checkout with the toolkit's extra; mgm's own dependencies are already satisfied by
 # the base venv. Its dist-info here carries the lmms_eval.models entry point (the `mgm` model).
 echo "[setup_eval_harness_venv] installing mgm[$TOOLKIT] $PACKAGE $EXTRA_PINS into $VENV (over $BASE)"
-$PIP install -q -e "$REPO[$TOOLKIT]" "$PACKAGE" $EXTRA_PINS 2>&1 | grep -v -e "^WARNING: Location" -e "outside environment" || true
+if ! $PIP install -q -e "$REPO[$TOOLKIT]" "$PACKAGE" $EXTRA_PINS > "$VENV/pip-install.log" 2>&1; then
+  tail -40 "$VENV/pip-install.log" >&2; exit 1
+fi
 for pkg in $KEEP_FROM_BASE; do
   if [ -n "$(find "$SITE" -maxdepth 1 -iname "${pkg}-*.dist-info" -print -quit)" ]; then
     $PIP uninstall -q -y "$pkg"

@@ -121,7 +121,7 @@ def run(tiny_zoo, tmp_path_factory):
     # lmms-eval logs a failed evaluation and still exits 0: the results file is the real signal
     assert proc.returncode == 0 and list(out.rglob("*_results.json")), proc.stdout[-3000:] + proc.stderr[-5000:]
     return {"root": root, "out": out, "records": records, "expected": expected, "stop": stop, "ckpt": ckpt,
-            "proc": proc}
+            "proc": proc, "tasks": tasks, "env": env}
 
 
 def _samples(out: Path, task: str) -> list[dict]:
@@ -203,6 +203,30 @@ def test_multiple_choice_loglikelihood_matches_a_labelled_forward(run, loaded_mo
             n = int((labels != -100).sum())
             assert n > 0 and greedy in ("True", "False")
             assert float(logprob) == pytest.approx(-float(out.loss) * n, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_data_parallel_under_accelerate_gives_the_same_samples(run):
+    """`accelerate launch --multi_gpu --num_processes 2 -m lmms_eval` (torchrun; without CUDA each process
+    runs on the CPU with gloo): each process loads a replica,
+    lmms-eval shards the requests by rank and gathers them; the samples equal the one-process run."""
+    out = run["root"] / "out_dp"
+    proc = subprocess.run([
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval",
+        "--model", "mgm", "--model_args", f"pretrained={run['ckpt']},conv_mode=vicuna_v1,batch_size=2",
+        "--tasks", "mgm_tiny_vqa,mgm_tiny_mc", "--include_path", str(run["tasks"]), "--output_path", str(out),
+        "--log_samples", "--verbosity", "WARNING"],
+        capture_output=True, text=True, timeout=900, env=run["env"], cwd=run["root"])
+    assert proc.returncode == 0 and list(out.rglob("*_results.json")), proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (proc.stdout + proc.stderr).count("Loading weights: 100%") >= 2  # one replica per process
+    one = [(s["doc_id"], s["filtered_resps"]) for s in _samples(run["out"], "mgm_tiny_vqa")]
+    assert [(s["doc_id"], s["filtered_resps"]) for s in _samples(out, "mgm_tiny_vqa")] == one
+    one = [[float(ll) for ll, _ in s["filtered_resps"]] for s in _samples(run["out"], "mgm_tiny_mc")]
+    two = [[float(ll) for ll, _ in s["filtered_resps"]] for s in _samples(out, "mgm_tiny_mc")]
+    assert len(two) == len(one)  # log-likelihoods: equal up to the float noise of other batch make-ups
+    for a, b in zip(one, two):
+        assert b == pytest.approx(a, abs=1e-3)
 
 
 def test_unknown_model_arg_is_named(tiny_zoo):
