@@ -12,6 +12,11 @@ first token, tokens/s per client and in total (median over `--repeats` interleav
 latency; at the end the total-tokens/s ratio of the highest level to 1 client (the original worker
 serialises requests: about 1x).
 Token counts are the server's `usage.completion_tokens`. `--json FILE` also writes the numbers.
+
+Then the hostile-input check: p50/p95 latency of a small request (`--hostile-requests` of them, one
+after another) on a quiet server, and again while another client keeps sending a maximal bad request
+(a `--bad-mb` MB text prompt, far over the context, each answered 400); the ratio of the two p95s
+(target: under 2x). `--hostile-only` runs just this part.
 """
 from __future__ import annotations
 
@@ -133,6 +138,67 @@ async def run_level(base_url: str, model: str, concurrency: int, requests: int, 
                       errors=errors, samples=samples)
 
 
+def flood_bad_requests(url: str, model: str, bad_mb: float, stop, results) -> None:
+    """Another client, in its own process: POST a `bad_mb` MB prompt again and again until `stop` is set;
+    puts (status codes, milliseconds per request) on `results`."""
+    words = "hello " * int(bad_mb * 1024 * 1024 / 6)
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}).encode()
+    del words
+    codes: list[int] = []
+    times: list[float] = []
+    with httpx.Client(timeout=300, trust_env=False) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            response = client.post(url, content=body, headers={"content-type": "application/json"})
+            times.append((time.perf_counter() - t0) * 1000)
+            codes.append(response.status_code)
+    results.put((codes, times))
+
+
+async def hostile_check(base_url: str, model: str, requests: int, image_url: str | None, max_tokens: int,
+                        bad_mb: float) -> dict[str, float]:
+    """p50/p95 latency (ms) of small requests, quiet and while another client floods maximal bad requests."""
+    import multiprocessing
+
+    from openai import AsyncOpenAI
+
+    http_client = httpx.AsyncClient(timeout=300, trust_env=False)
+    client = AsyncOpenAI(base_url=base_url, api_key="unused", http_client=http_client, max_retries=0)
+
+    async def small_requests() -> list[float]:
+        return [(await one_request(client, model, f"Question {k}: what is in the image?", image_url,
+                                   max_tokens)).latency * 1000 for k in range(requests)]
+
+    quiet = await small_requests()
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    flood = context.Process(target=flood_bad_requests, args=(base_url + "/chat/completions", model, bad_mb, stop,
+                                                             results), daemon=True)
+    flood.start()
+    await asyncio.sleep(3.0)  # the child has started, built its body and sent the first bad requests
+    loaded = await small_requests()
+    stop.set()
+    codes, rejected = await asyncio.to_thread(results.get, True, 300)
+    flood.join(30)
+    await http_client.aclose()
+    if not codes or set(codes) != {400}:
+        raise SystemExit(f"bad requests were not all refused with 400: HTTP {sorted(set(codes))}")
+    result = {"bad_mb": bad_mb, "requests": requests, "bad_requests_refused": len(codes),
+              "bad_request_ms_p50": percentile(rejected, 50),
+              "quiet_p50_ms": percentile(quiet, 50), "quiet_p95_ms": percentile(quiet, 95),
+              "flooded_p50_ms": percentile(loaded, 50), "flooded_p95_ms": percentile(loaded, 95)}
+    result["p95_ratio"] = result["flooded_p95_ms"] / result["quiet_p95_ms"]
+    return result
+
+
+def print_hostile(h: dict[str, float]) -> None:
+    print(f"small requests ({h['requests']} each), quiet: p50 {h['quiet_p50_ms']:.0f} ms, p95 "
+          f"{h['quiet_p95_ms']:.0f} ms; while another client sends {h['bad_mb']:g} MB bad requests "
+          f"({h['bad_requests_refused']} refused with 400, p50 {h['bad_request_ms_p50']:.0f} ms each): p50 "
+          f"{h['flooded_p50_ms']:.0f} ms, p95 {h['flooded_p95_ms']:.0f} ms; p95 ratio {h['p95_ratio']:.2f}x "
+          f"(target < 2x)")
+
+
 def worker_batching(worker: str) -> dict[str, int]:
     """The worker's batching counters (from /worker_get_status)."""
     status = httpx.post(worker + "/worker_get_status", timeout=10, trust_env=False).json()
@@ -193,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-threads", type=int, default=1,
                    help="torch CPU threads in the worker (default 1: the tiny model gains nothing from more, and "
                         "OpenMP threads competing with the clients make CPU timings erratic; 0 = torch's default)")
+    p.add_argument("--hostile-requests", type=int, default=30,
+                   help="small requests per phase of the hostile-input check (default 30; 0 = skip it)")
+    p.add_argument("--bad-mb", type=float, default=20.0,
+                   help="size of the bad request's prompt in MB (default 20, the size that stalled the original "
+                        "worker; the servers' body limit is 64 MiB)")
+    p.add_argument("--hostile-only", action="store_true", help="run only the hostile-input check")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -225,6 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             base = (worker if args.direct else controller) + "/v1"
             image = None if args.no_image else tiny_image_data_url()
             asyncio.run(run_level(base, model, 2, 1, image, args.max_tokens))  # warm-up
+            hostile = None
+            if args.hostile_requests > 0:
+                hostile = asyncio.run(hostile_check(base, model, args.hostile_requests, image,
+                                                    min(args.max_tokens, 8), args.bad_mb))
+                print_hostile(hostile)
+            if args.hostile_only:
+                if args.json:
+                    Path(args.json).write_text(json.dumps({"model": model, "device": args.device,
+                                                           "hostile": hostile}, indent=2))
+                return 0 if hostile is None or hostile["p95_ratio"] < 2 else 1
             print(f"model {model} on {args.device} ({args.worker_threads or 'default'} worker threads, "
                   f"{args.batching} batching); "
                   f"max_tokens {args.max_tokens}; {args.repeats} repeats (median tokens/s); "
@@ -259,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"total tokens/s at {top.concurrency} clients vs 1 client: {ratio:.2f}x")
             if args.json:
                 Path(args.json).write_text(json.dumps(
-                    {"model": model, "device": args.device, "ratio": ratio,
+                    {"model": model, "device": args.device, "ratio": ratio, "hostile": hostile,
                      "levels": [{k: v for k, v in asdict(r).items() if k != "samples"} for r in results]}, indent=2))
             return 0 if all(r.errors == 0 for r in results) else 1
         finally:

@@ -281,3 +281,18 @@ def test_bodies_that_are_not_valid_json_text_are_400_in_the_openai_shape(servers
     r = httpx.post(url, content=head + b'"hi \\ud83d\\ude00"}], "max_tokens": 2}',
                    headers={"content-type": "application/json"}, trust_env=False, timeout=60)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("via", ["worker", "controller"])
+def test_prompts_over_the_context_are_refused_before_tokenising(servers, via):
+    ctrl, worker, w = servers
+    registry = ctrl.server.config.app.state.registry
+    assert registry.workers[worker.url].max_prompt_chars == w.max_prompt_chars  # learnt from the status
+    url = (worker.url if via == "worker" else ctrl.url) + "/v1/chat/completions"
+    over = w.max_prompt_chars + 1
+    for text, named in [("x" * over, f"{over} characters"),  # parsed, then counted
+                        ("x" * (13 * over + 70_000), "without any image")]:  # refused before parsing
+        r = httpx.post(url, json={"model": TINY_MODEL, "messages": [{"role": "user", "content": text}]},
+                       trust_env=False, timeout=30)
+        assert r.status_code == 400 and named in r.json()["error"]["message"], r.text
+        assert r.json()["error"]["param"] == "messages"

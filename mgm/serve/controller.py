@@ -45,13 +45,19 @@ from mgm.serve.openai_protocol import (
     ChatCompletionRequest,
     ModelCard,
     ModelList,
+    body_surely_too_long,
+    body_too_long_error,
+    prompt_too_long,
     sse_event,
+    text_chars,
 )
 from mgm.serve.protocol import (
     CHUNK_DELIMITER,
     CONTROLLER_HEART_BEAT_EXPIRATION,
     ERROR_CONTROLLER_REQUEST,
     ERROR_NO_WORKER,
+    ERROR_OK,
+    EXCEEDS_MAX_TOKENS_MSG,
     AuthenticationError,
     ForbiddenError,
     GenerateParams,
@@ -62,6 +68,7 @@ from mgm.serve.protocol import (
     RequestError,
     WorkerStatus,
     asplit_chunks,
+    encode_chunk,
     error_body,
     error_chunk,
 )
@@ -363,6 +370,10 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
 
     @router.post("/worker_generate_stream")
     async def worker_generate_stream(params: GenerateBody) -> Response:
+        limit = registry.prompt_char_limit(params.model or "")
+        if limit is not None and len(params.prompt) > limit:  # the worker's own answer, without forwarding
+            return StreamingResponse(iter([encode_chunk({"text": params.prompt + EXCEEDS_MAX_TOKENS_MSG,
+                                                         "error_code": ERROR_OK})]))
         upstream = await runtime.open_worker(params.model or "", "/worker_generate_stream",
                                              params.model_dump_json().encode(), read="first")
         if upstream is None:
@@ -408,8 +419,14 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     @router.post("/v1/chat/completions")
     async def v1_chat_completions(request: Request) -> Response:
         raw = await request.body()
+        bound = registry.prompt_char_limit(None)
+        if bound is not None and body_surely_too_long(raw, bound):  # too long for every worker
+            raise body_too_long_error(raw, bound)
         parsed = await json_body(ChatCompletionRequest)(request)
         parsed.check_supported()  # refused here already: no worker sees it
+        limit = registry.prompt_char_limit(parsed.model)
+        if limit is not None and (chars := text_chars(parsed.messages)) > limit:
+            raise prompt_too_long(chars, limit)  # as the worker would, without forwarding megabytes
         upstream = await runtime.open_worker(parsed.model, "/v1/chat/completions", raw,
                                              read="first" if parsed.stream else "all")
         if upstream is None:

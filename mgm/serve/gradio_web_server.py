@@ -90,7 +90,8 @@ class WebSettings:
     model_list_mode: str = "once"
     moderate: bool = False
     embed: bool = False
-    api_key: str | None = None  # sent to the controller and the workers
+    api_key: str | None = None  # sent to the controller (its --api-key)
+    worker_api_key: str | None = None  # sent to the workers it streams from (their --api-key); None = api_key
     request_timeout: float = 30.0  # seconds between two stream chunks before giving up
     log_dir: str | None = None
 
@@ -116,6 +117,7 @@ class Backend:
         self.controller = settings.controller_url.rstrip("/")
         self.logger = logger
         self.headers = auth_headers(settings.api_key)
+        self.worker_headers = auth_headers(settings.worker_api_key or settings.api_key)
 
     def _post(self, url: str, body: dict | None = None, timeout: float = 10.0) -> Any:
         response = httpx.post(url, json=body, headers=self.headers, timeout=timeout, trust_env=False)
@@ -330,7 +332,7 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
         output = ""
         try:
             with httpx.stream("POST", address.rstrip("/") + "/worker_generate_stream", json=payload,
-                              headers={"User-Agent": "MGM Client", **backend.headers},
+                              headers={"User-Agent": "MGM Client", **backend.worker_headers},
                               timeout=settings.request_timeout, trust_env=False) as response:
                 for chunk in iter_chunks(response.iter_bytes()):
                     code = chunk.get("error_code", 1)
@@ -463,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moderate", action="store_true", help="check inputs with OpenAI moderation (OPENAI_API_KEY)")
     p.add_argument("--embed", action="store_true", help="hide the title and terms (for embedding)")
     p.add_argument("--api-key", default=os.environ.get("MGM_API_KEY") or None,
-                   help="key for the controller and workers, if they need one (default: $MGM_API_KEY)")
+                   help="the controller's client key, if it has one (default: $MGM_API_KEY)")
+    p.add_argument("--worker-api-key", default=os.environ.get("MGM_WORKER_API_KEY") or None,
+                   help="the workers' key, if they have one: the demo streams from workers directly, as the "
+                        "original (default: $MGM_WORKER_API_KEY, else --api-key)")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds to wait for the next stream chunk from a worker (default 30)")
     p.add_argument("--log-dir", default=None, help="folder for logs, chat records and images (default: $MGM_LOGDIR, else .)")
@@ -474,7 +479,8 @@ def parse_settings(argv: list[str] | None = None) -> WebSettings:
     a = build_parser().parse_args(argv)
     return WebSettings(controller_url=a.controller_url, host=a.host, port=a.port, share=a.share,
                        concurrency_count=a.concurrency_count, model_list_mode=a.model_list_mode,
-                       moderate=a.moderate, embed=a.embed, api_key=a.api_key, request_timeout=a.request_timeout,
+                       moderate=a.moderate, embed=a.embed, api_key=a.api_key, worker_api_key=a.worker_api_key,
+                       request_timeout=a.request_timeout,
                        log_dir=a.log_dir)
 
 

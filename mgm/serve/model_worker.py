@@ -306,6 +306,7 @@ class ModelWorker:
     def status(self) -> dict[str, Any]:
         return {"model_names": [self.model_name], "speed": 1, "queue_length": self.queue_length,
                 "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
+                "max_prompt_chars": self.max_prompt_chars,
                 "batching": self.batcher.stats()}
 
     @contextlib.asynccontextmanager

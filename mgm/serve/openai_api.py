@@ -53,7 +53,11 @@ from mgm.serve.openai_protocol import (
     Usage,
     load_image_url,
     make_completion_id,
+    body_surely_too_long,
+    body_too_long_error,
+    prompt_too_long,
     sse_event,
+    text_chars,
 )
 from mgm.serve.protocol import ModelNotFoundError, RequestError, error_body
 from mgm.serve.security import ImagePolicy, json_body
@@ -160,11 +164,6 @@ def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: 
 
 
 # --- routes ------------------------------------------------------------------------------------------
-def _text_chars(messages: list[ChatMessage]) -> int:
-    """Characters of all message text (what the prompt holds besides the template)."""
-    return sum(len(message.text_and_image_urls()[0]) for message in messages)
-
-
 def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = None) -> APIRouter:
     """The `/v1` routes for `backend` (add the API-key dependency when including the router)."""
     logger = logger or logging.getLogger(LOGGER_NAME)
@@ -185,15 +184,17 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
 
     @router.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Response:
+        raw = await http_request.body()
+        if body_surely_too_long(raw, backend.max_prompt_chars):
+            raise body_too_long_error(raw, backend.max_prompt_chars)
         body = await parse_body(http_request)
         if body.model != backend.model_name:
             raise ModelNotFoundError(f"The model `{body.model}` does not exist; this worker serves "
                                      f"`{backend.model_name}`", param="model")
         body.check_supported()
-        chars = _text_chars(body.messages)
+        chars = text_chars(body.messages)
         if chars > backend.max_prompt_chars:  # refused before any tokenising: a huge prompt costs nothing
-            raise RequestError(f"the messages hold {chars} characters, more than the model's context of "
-                               f"{context_limit(backend.engine)} tokens can take", param="messages")
+            raise prompt_too_long(chars, backend.max_prompt_chars)
         expected = backend.expect()  # released at submission (a stream never started: after a TTL)
         try:
             return await _answer(body, expected)

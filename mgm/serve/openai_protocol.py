@@ -224,6 +224,36 @@ class ModelList(BaseModel):
     data: list[ModelCard] = Field(default_factory=list)
 
 
+def text_chars(messages: list[ChatMessage]) -> int:
+    """Characters of all message text (what the prompt holds besides the template)."""
+    return sum(len(message.text_and_image_urls()[0]) for message in messages)
+
+
+def prompt_too_long(chars: int, limit: int) -> RequestError:
+    """The 400 for messages over a worker's `max_prompt_chars` (raised by the worker and the controller)."""
+    return RequestError(f"the messages hold {chars} characters, more than the model's context can take "
+                        f"(at most {limit} characters)", param="messages")
+
+
+MAX_JSON_BYTES_PER_CHAR = 12  # "\\ud83d\\ude00": one character, escaped as a surrogate pair
+JSON_OVERHEAD_BYTES = 64 * 1024  # room for everything besides message text in a body
+
+
+def body_surely_too_long(raw: bytes, limit: int) -> bool:
+    """True when a chat body without image parts is too big for its text to fit `limit` characters.
+
+    Checked before parsing: JSON spends at most `MAX_JSON_BYTES_PER_CHAR` bytes on one character, so
+    such a body has more than `limit` characters of text. A megabytes-long prompt then costs a
+    substring search, not a parse (which holds the GIL) and a forward to a worker.
+    """
+    return len(raw) > MAX_JSON_BYTES_PER_CHAR * limit + JSON_OVERHEAD_BYTES and b'"image_url"' not in raw
+
+
+def body_too_long_error(raw: bytes, limit: int) -> RequestError:
+    return RequestError(f"the request body is {len(raw)} bytes without any image: more text than the model's "
+                        f"context can take (at most {limit} characters)", param="messages")
+
+
 def make_completion_id() -> str:
     """A fresh `chatcmpl-...` id (one per completion; every chunk of a stream repeats it)."""
     return f"chatcmpl-{uuid.uuid4().hex}"

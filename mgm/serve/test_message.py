@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate (default 32)")
     parser.add_argument("--message", default="Tell me a story with more than 1000 words.", help="the user message")
     parser.add_argument("--api-key", default=os.environ.get("MGM_API_KEY") or None,
-                        help="API key for the controller/worker, if they need one (default: $MGM_API_KEY)")
+                        help="the controller's client key, if it has one (default: $MGM_API_KEY)")
+    parser.add_argument("--worker-api-key", default=os.environ.get("MGM_WORKER_API_KEY") or None,
+                        help="the worker's key, if it has one (default: $MGM_WORKER_API_KEY, else --api-key)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each response (default 60)")
     return parser
 
@@ -79,9 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         print(prompt, end="", flush=True)
         shown = 0
         try:
-            with client.stream("POST", worker_addr + "/worker_generate_stream", json=payload) as response:
+            with client.stream("POST", worker_addr + "/worker_generate_stream", json=payload,
+                               headers=auth_headers(args.worker_api_key or args.api_key)) as response:
                 if response.status_code != 200:
-                    raise UserError(f"{worker_addr} answered HTTP {response.status_code}")
+                    raise UserError(f"{worker_addr} answered HTTP {response.status_code}: {response.read()[:300]!r}")
                 for chunk in iter_chunks(response.iter_bytes()):
                     if chunk.get("error_code", 0) != 0:
                         print(f"\n{chunk.get('text', '')} (error_code: {chunk['error_code']})", file=sys.stderr)

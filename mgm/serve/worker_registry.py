@@ -120,12 +120,19 @@ def worker_is_down(exc: BaseException) -> bool:
                             httpx.WriteError))
 
 
+def _prompt_bound(status: WorkerStatus) -> int | None:
+    value = (status.model_extra or {}).get("max_prompt_chars")
+    return value if isinstance(value, int) and value > 0 else None
+
+
 @dataclass
 class WorkerInfo:
     """What the controller knows about one worker (times are `clock()` values, seconds).
 
     keyed: the registration carried the worker key, so the controller sends it that key.
     last_heart_beat: the last beat (heart-beat-checked workers) or successful status poll (the others).
+    max_prompt_chars: the worker's bound on prompt characters (its status says), so the controller can
+        refuse a huge prompt without forwarding it; None = unknown.
     """
 
     model_names: list[str]
@@ -134,6 +141,7 @@ class WorkerInfo:
     check_heart_beat: bool
     last_heart_beat: float
     keyed: bool = False
+    max_prompt_chars: int | None = None
 
 
 @dataclass
@@ -161,7 +169,8 @@ class WorkerRegistry:
         """Add or replace a worker (its heart-beat clock restarts now)."""
         self.workers[normalize_worker_name(worker_name)] = WorkerInfo(
             model_names=list(status.model_names), speed=float(status.speed), queue_length=int(status.queue_length),
-            check_heart_beat=check_heart_beat, last_heart_beat=self.clock(), keyed=keyed)
+            check_heart_beat=check_heart_beat, last_heart_beat=self.clock(), keyed=keyed,
+            max_prompt_chars=_prompt_bound(status))
 
     def refresh(self, worker_name: str, status: WorkerStatus) -> None:
         """A successful status poll: new status, clock restarted, registration flags kept."""
@@ -169,6 +178,7 @@ class WorkerRegistry:
         if info is not None:
             info.model_names, info.speed = list(status.model_names), float(status.speed)
             info.queue_length, info.last_heart_beat = int(status.queue_length), self.clock()
+            info.max_prompt_chars = _prompt_bound(status)
 
     def remove(self, worker_name: str) -> bool:
         return self.workers.pop(normalize_worker_name(worker_name), None) is not None
@@ -200,6 +210,12 @@ class WorkerRegistry:
         name, info = min(candidates, key=lambda item: item[1].queue_length / item[1].speed)
         info.queue_length += 1
         return name
+
+    def prompt_char_limit(self, model: str | None) -> int | None:
+        """The largest prompt (characters) some worker of `model` (None: of any model) might take; None
+        when one of them does not say."""
+        bounds = [info.max_prompt_chars for info in self.workers.values() if model is None or model in info.model_names]
+        return max(bounds) if bounds and None not in bounds else None  # type: ignore[type-var]
 
     def poll_targets(self) -> list[str]:
         """Workers that send no heart beats: the controller polls their status instead."""
