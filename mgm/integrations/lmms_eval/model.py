@@ -175,6 +175,7 @@ class MGM(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _question(self, context: str, doc_to_visual: Any, doc_id: int, task: str, split: str) -> Question:
+        """The question with its images (loaded here, batch by batch, so a task never sits in memory)."""
         visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else None
         return Question(context, _images(visuals))
 
@@ -192,20 +193,17 @@ class MGM(lmms):
     # -- lmms-eval API --------------------------------------------------------------------------------
     def generate_until(self, requests: list[Instance]) -> list[str]:
         """Answers for `(context, gen_kwargs, doc_to_visual, doc_id, task, split)` requests, in order."""
-        items = []
-        for request in requests:
-            context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
-            items.append((self._question(context, doc_to_visual, doc_id, task, split), gen_kwargs or {}))
-        keys = [(json.dumps(kw, sort_keys=True, default=str), len(q.text)) for q, kw in items]
-        size = self.batch_size_for(max((generation_params(kw).max_new_tokens for _, kw in items), default=1))
-        results: list[str | None] = [None] * len(items)
-        bar = tqdm(total=len(items), disable=self.rank != 0, desc="mgm generate_until")
+        args = [request.args for request in requests]
+        keys = [(json.dumps(a[1] or {}, sort_keys=True, default=str), len(a[0])) for a in args]
+        size = self.batch_size_for(max((generation_params(a[1]).max_new_tokens for a in args), default=1))
+        results: list[str | None] = [None] * len(args)
+        bar = tqdm(total=len(args), disable=self.rank != 0, desc="mgm generate_until")
         for batch in self._batches(keys, size):
-            params = generation_params(items[batch[0]][1])
-            texts = self.harness.answer([items[i][0] for i in batch], params)
+            questions = [self._question(args[i][0], *args[i][2:]) for i in batch]
+            texts = self.harness.answer(questions, generation_params(args[batch[0]][1]))
             for i, text in zip(batch, texts):
                 results[i] = text
-                self.cache_hook.add_partial("generate_until", (items[i][0].text, items[i][1]), text)
+                self.cache_hook.add_partial("generate_until", (args[i][0], args[i][1]), text)
             bar.update(len(batch))
         bar.close()
         return results
@@ -214,24 +212,23 @@ class MGM(lmms):
         """`(log p, greedy?)` for `(context, continuation, doc_to_visual, doc_id, task, split)` requests;
         a callable continuation (loglikelihood tasks' doc_to_target) is applied to the doc; the
         2-tuple `(context, continuation)` of acc_mutual_info is scored without images."""
-        pairs = []
-        for request in requests:
-            args = request.args
-            if len(args) == 2:
-                pairs.append((Question(args[0]), args[1]))
-                continue
-            context, continuation, doc_to_visual, doc_id, task, split = args
+        args = [request.args for request in requests]
+        continuations = []
+        for a in args:
+            continuation = a[1]
             if callable(continuation):
+                _, _, _, doc_id, task, split = a
                 continuation = continuation(self._doc(task, split, doc_id))
             if isinstance(continuation, (list, tuple)):
                 continuation = continuation[0]
-            pairs.append((self._question(context, doc_to_visual, doc_id, task, split), str(continuation)))
-        keys = [(len(q.text) + len(c),) for q, c in pairs]
-        results: list[tuple[float, bool] | None] = [None] * len(pairs)
-        bar = tqdm(total=len(pairs), disable=self.rank != 0, desc="mgm loglikelihood")
+            continuations.append(str(continuation))
+        keys = [(len(a[0]) + len(c),) for a, c in zip(args, continuations)]
+        results: list[tuple[float, bool] | None] = [None] * len(args)
+        bar = tqdm(total=len(args), disable=self.rank != 0, desc="mgm loglikelihood")
         for batch in self._batches(keys, self.batch_size_for(1)):
-            scores = self.harness.score([pairs[i][0] for i in batch], [pairs[i][1] for i in batch])
-            for i, score in zip(batch, scores):
+            questions = [Question(args[i][0]) if len(args[i]) == 2 else self._question(args[i][0], *args[i][2:])
+                         for i in batch]
+            for i, score in zip(batch, self.harness.score(questions, [continuations[i] for i in batch])):
                 results[i] = score
             bar.update(len(batch))
         bar.close()
