@@ -497,9 +497,15 @@ def template_for_model_config(config: Any, tokenizer: Any = None) -> str:
       "chatml_direct" when the tokenizer knows `<|im_start|>` (Yi; without a tokenizer a vocabulary of
       exactly 64000 is taken as Yi); else "vicuna_v1".
 
+    A family row's `default_template` (mgm.model.families) wins over these rules.
     `config` may be a transformers config or a plain dict (e.g. a parsed config.json).
     """
     model_type = str(_config_get(config, "model_type") or "").lower()
+    from mgm.model.families import find_family_for_llm  # the family table decides first
+
+    family = find_family_for_llm(model_type) if model_type else None
+    if family is not None and family.default_template:
+        return family.default_template
     if model_type in _GEMMA_TYPES:
         return "gemma"
     if model_type in _MISTRAL_TYPES:

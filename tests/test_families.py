@@ -19,7 +19,8 @@ def qwen2_family(monkeypatch, tiny_zoo, tmp_path):
     from mgm.zoo.checkpoint import build_mgm_checkpoint
 
     row = families.Family("qwen2", transformers.Qwen2Config, transformers.Qwen2Model, transformers.Qwen2ForCausalLM,
-                          "mgm_qwen2", "Qwen2", "mini_gemini_qwen2", "MGMQwen2Config")
+                          "mgm_qwen2", "Qwen2", "mini_gemini_qwen2", "MGMQwen2Config",
+                          default_template="chatml_direct")
     spec = llms.LLMSpec("qwen2", "Qwen2ForCausalLM", "qwen2", "yi", "qwen2", "Qwen2", "Qwen2", "chatml_direct", 2,
                         1000000.0, 1e-6, "4.40.0")
     monkeypatch.setattr(families, "FAMILIES", (*families.FAMILIES, row))
@@ -39,8 +40,13 @@ def qwen2_family(monkeypatch, tiny_zoo, tmp_path):
 
 
 def test_a_family_added_through_the_table_chats(qwen2_family, tmp_path, monkeypatch, capsys):
+    from mgm.conversation import template_for_model_config
     from mgm.model.builder import load_pretrained_model
     from mgm.serve import cli
+
+    # The row's default template decides (the vocabulary rules alone would say vicuna_v1 here).
+    assert template_for_model_config({"model_type": "mgm_qwen2", "vocab_size": 1000}) == "chatml_direct"
+    assert template_for_model_config({"model_type": "mgm", "vocab_size": 1000}) == "vicuna_v1"
 
     _, model, _, _ = load_pretrained_model(qwen2_family, None, "MGM-Tiny-Qwen2", device="cpu")
     assert type(model).__name__ == "MGMQwen2ForCausalLM" and model.config.model_type == "mgm_qwen2"

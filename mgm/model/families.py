@@ -48,14 +48,19 @@ class Family:
     # Training facts: modules ZeRO-3 must gather as one leaf (a MoE block whose experts run data-dependently,
     # so hooks per expert would deadlock ranks that route differently).
     zero3_leaf_modules: tuple[type, ...] = ()
+    # Conversation template the family's released checkpoints use; None = decided from the tokenizer's
+    # vocabulary (the Llama family spans Vicuna, LLaMA-3 and Yi: `mgm.conversation.template_for_model_config`).
+    default_template: str | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("llama", LlamaConfig, LlamaModel, LlamaForCausalLM, "mgm", "Llama", "mini_gemini", "MGMConfig"),
-    Family("gemma", GemmaConfig, GemmaModel, GemmaForCausalLM, "mgm_gemma", "Gemma", "mini_gemini_gemma", "MGMGemmaConfig"),
-    Family("mistral", MistralConfig, MistralModel, MistralForCausalLM, "mgm_mistral", "Mistral", "mini_gemini_mistral", "MGMMistralConfig"),
+    Family("gemma", GemmaConfig, GemmaModel, GemmaForCausalLM, "mgm_gemma", "Gemma", "mini_gemini_gemma", "MGMGemmaConfig",
+           default_template="gemma"),
+    Family("mistral", MistralConfig, MistralModel, MistralForCausalLM, "mgm_mistral", "Mistral", "mini_gemini_mistral",
+           "MGMMistralConfig", default_template="mistral_instruct"),
     Family("mixtral", MixtralConfig, MixtralModel, MixtralForCausalLM, "mgm_mixtral", "Mixtral", "mini_gemini_mixtral",
-           "MGMMixtralConfig", zero3_leaf_modules=(MixtralSparseMoeBlock,)),
+           "MGMMixtralConfig", zero3_leaf_modules=(MixtralSparseMoeBlock,), default_template="mistral_instruct"),
 )
 
 
