@@ -81,6 +81,7 @@ from mgm.serve.security import (
     json_body,
     presents_key,
 )
+from mgm.serve.worker_client import Upstream, WorkerClient
 from mgm.serve.worker_registry import (  # noqa: F401 (WorkerInfo, normalize_worker_name: re-exported)
     DISPATCH_METHODS,
     WorkerHostPolicy,
@@ -183,101 +184,14 @@ async def worker_credentials(request: Request) -> bool:
 WorkerCredentials = Annotated[bool, Depends(worker_credentials)]
 
 
-class _Runtime:
-    """Per-app mutable state (the shared HTTP client exists only while the app runs)."""
-
-    def __init__(self, settings: ControllerSettings, registry: WorkerRegistry, logger: logging.Logger) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.logger = logger
-        self._client: httpx.AsyncClient | None = None
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            raise RuntimeError("the controller app is not running (its lifespan has not started)")
-        return self._client
-
-    def headers_for(self, worker_name: str) -> dict[str, str]:
-        """The worker key, only for a worker that registered with it."""
-        info = self.registry.workers.get(worker_name)
-        return auth_headers(self.settings.worker_api_key) if info is not None and info.keyed else {}
-
-    async def status_of(self, worker_name: str, headers: dict[str, str] | None = None) -> WorkerStatus | Exception:
-        return await fetch_worker_status(self.client, worker_name, self.settings.connect_timeout, self.logger,
-                                         self.headers_for(worker_name) if headers is None else headers)
-
-    async def poll_unbeating(self) -> None:
-        """Status-poll the workers that send no heart beats; drop those that are down."""
-        names = self.registry.poll_targets()
-        results = await asyncio.gather(*(self.status_of(name) for name in names))
-        for name, result in zip(names, results):
-            if isinstance(result, WorkerStatus):
-                self.registry.refresh(name, result)
-            elif worker_is_down(result) and self.registry.remove(name):
-                self.logger.info("remove unreachable worker: %s", name)
-
-    async def open_worker(self, model: str, path: str, payload: bytes, read: str) -> Upstream | Exception | None:
-        """POST `payload` to `path` of a worker serving `model`, failing over to the next worker while one
-        is down (it is dropped at once). `read` says how much of a 200 answer is read here, where a
-        failure still fails over: "first" (the first piece: a stream has sent the client nothing yet) or
-        "all". Returns the open `Upstream`, the last error that is not a worker being down (a timeout),
-        or None when no worker serves the model (any more)."""
-        tried: list[str] = []
-        last: Exception | None = None
-        while address := self.registry.get_worker_address(model, exclude=tried):
-            tried.append(address)
-            request = self.client.build_request("POST", address + path, content=payload, headers={
-                "content-type": "application/json", **self.headers_for(address)})
-            response = None
-            try:
-                response = await self.client.send(request, stream=True)
-                upstream = Upstream(address, response, response.aiter_bytes())
-                if response.status_code != 200 or read == "all":
-                    upstream.head = b"".join([piece async for piece in upstream.pieces])
-                else:
-                    upstream.head = await anext(upstream.pieces, b"")
-                return upstream
-            except httpx.HTTPError as exc:
-                if response is not None:
-                    await response.aclose()
-                last = exc
-                if not worker_is_down(exc):
-                    self.logger.info("worker request failed: %s, %s: %s", address, type(exc).__name__, exc)
-                    return exc
-                if self.registry.remove(address):
-                    self.logger.warning("worker %s is down (%s: %s): dropped; trying another worker", address,
-                                        type(exc).__name__, exc)
-        return last
-
-
-@dataclass
-class Upstream:
-    """An open answer of a worker: `head` (already read) then the rest of `pieces`."""
-
-    address: str
-    response: httpx.Response
-    pieces: AsyncIterator[bytes]
-    head: bytes = b""
-
-    async def relay(self) -> AsyncIterator[bytes]:
-        """`head`, then the rest (the response is closed at the end)."""
-        try:
-            if self.head:
-                yield self.head
-            async for piece in self.pieces:
-                yield piece
-        finally:
-            await self.response.aclose()
-
-
 def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRegistry | None = None) -> FastAPI:
     """Build the controller app. `registry` may be injected (tests); by default a fresh one."""
     settings = settings or ControllerSettings()
     if registry is None:
         registry = WorkerRegistry(settings.dispatch_method)
     logger = logging.getLogger(LOGGER_NAME)
-    runtime = _Runtime(settings, registry, logger)
+    runtime = WorkerClient(registry, logger, worker_api_key=settings.worker_api_key,
+                           connect_timeout=settings.connect_timeout)
     host_policy = settings.host_policy()
 
     async def expire_loop() -> None:
@@ -293,9 +207,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # trust_env=False: workers are internal addresses; an environment proxy must not intercept them
-        runtime._client = httpx.AsyncClient(
-            trust_env=False, timeout=httpx.Timeout(settings.worker_timeout, connect=settings.connect_timeout))
+        runtime.open(settings.worker_timeout)
         sweeper = asyncio.create_task(expire_loop())
         try:
             yield
@@ -303,8 +215,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
-            await runtime._client.aclose()
-            runtime._client = None
+            await runtime.close()
 
     app = FastAPI(title="mgm controller", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
@@ -340,13 +251,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     # --- original protocol: the clients' side ---
     @router.post("/refresh_all_workers")
     async def refresh_all_workers() -> None:
-        names = list(registry.workers)
-        statuses = await asyncio.gather(*(runtime.status_of(name) for name in names))
-        for name, status in zip(names, statuses):
-            if isinstance(status, WorkerStatus):
-                registry.refresh(name, status)
-            elif registry.remove(name):
-                logger.info("remove stale worker: %s", name)
+        await runtime.refresh(registry.workers, drop=lambda status: True)
 
     @router.post("/list_models")
     async def list_models() -> dict[str, list[str]]:
@@ -394,16 +299,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
 
     @router.post("/worker_get_status")
     async def worker_get_status() -> dict[str, Any]:
-        statuses = await asyncio.gather(*(runtime.status_of(name) for name in list(registry.workers)))
-        model_names: dict[str, None] = {}
-        speed: float = 0
-        queue_length = 0
-        for status in statuses:
-            if isinstance(status, WorkerStatus):
-                model_names.update(dict.fromkeys(status.model_names))
-                speed += status.speed
-                queue_length += status.queue_length
-        return {"model_names": list(model_names), "speed": speed, "queue_length": queue_length}
+        return await runtime.aggregate_status()
 
     # --- OpenAI-compatible routes ---
     @router.get("/v1/models")
