@@ -138,9 +138,9 @@ async def run_level(base_url: str, model: str, concurrency: int, requests: int, 
                       errors=errors, samples=samples)
 
 
-def flood_bad_requests(url: str, model: str, bad_mb: float, stop, results) -> None:
-    """Another client, in its own process: POST a `bad_mb` MB prompt again and again until `stop` is set;
-    puts (status codes, milliseconds per request) on `results`."""
+def flood_bad_requests(url: str, model: str, bad_mb: float, active, stop, results) -> None:
+    """Another client, in its own process: while `active` is set, POST a `bad_mb` MB prompt again and
+    again; at `stop`, put (status codes, milliseconds per request) on `results`."""
     words = "hello " * int(bad_mb * 1024 * 1024 / 6)
     body = json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}).encode()
     del words
@@ -148,6 +148,8 @@ def flood_bad_requests(url: str, model: str, bad_mb: float, stop, results) -> No
     times: list[float] = []
     with httpx.Client(timeout=300, trust_env=False) as client:
         while not stop.is_set():
+            if not active.wait(0.05):
+                continue
             t0 = time.perf_counter()
             response = client.post(url, content=body, headers={"content-type": "application/json"})
             times.append((time.perf_counter() - t0) * 1000)
@@ -156,8 +158,9 @@ def flood_bad_requests(url: str, model: str, bad_mb: float, stop, results) -> No
 
 
 async def hostile_check(base_url: str, model: str, requests: int, image_url: str | None, max_tokens: int,
-                        bad_mb: float) -> dict[str, float]:
-    """p50/p95 latency (ms) of small requests, quiet and while another client floods maximal bad requests."""
+                        bad_mb: float, repeats: int) -> dict[str, float]:
+    """p50/p95 latency (ms) of small requests, quiet and while another client floods maximal bad requests;
+    `repeats` quiet/flooded phase pairs, interleaved, so a busy spell of the machine hits both."""
     import multiprocessing
 
     from openai import AsyncOpenAI
@@ -169,21 +172,27 @@ async def hostile_check(base_url: str, model: str, requests: int, image_url: str
         return [(await one_request(client, model, f"Question {k}: what is in the image?", image_url,
                                    max_tokens)).latency * 1000 for k in range(requests)]
 
-    quiet = await small_requests()
     context = multiprocessing.get_context("spawn")
-    stop, results = context.Event(), context.Queue()
-    flood = context.Process(target=flood_bad_requests, args=(base_url + "/chat/completions", model, bad_mb, stop,
-                                                             results), daemon=True)
+    active, stop, results = context.Event(), context.Event(), context.Queue()
+    flood = context.Process(target=flood_bad_requests, daemon=True, args=(
+        base_url + "/chat/completions", model, bad_mb, active, stop, results))
     flood.start()
-    await asyncio.sleep(3.0)  # the child has started, built its body and sent the first bad requests
-    loaded = await small_requests()
+    quiet: list[float] = []
+    loaded: list[float] = []
+    for _ in range(repeats):
+        quiet += await small_requests()
+        active.set()
+        await asyncio.sleep(1.0)  # the flood is running (the first repeat: the child has built its body)
+        loaded += await small_requests()
+        active.clear()
+        await asyncio.sleep(0.5)  # the last bad request is answered
     stop.set()
     codes, rejected = await asyncio.to_thread(results.get, True, 300)
     flood.join(30)
     await http_client.aclose()
     if not codes or set(codes) != {400}:
         raise SystemExit(f"bad requests were not all refused with 400: HTTP {sorted(set(codes))}")
-    result = {"bad_mb": bad_mb, "requests": requests, "bad_requests_refused": len(codes),
+    result = {"bad_mb": bad_mb, "requests": len(quiet), "bad_requests_refused": len(codes),
               "bad_request_ms_p50": percentile(rejected, 50),
               "quiet_p50_ms": percentile(quiet, 50), "quiet_p95_ms": percentile(quiet, 95),
               "flooded_p50_ms": percentile(loaded, 50), "flooded_p95_ms": percentile(loaded, 95)}
@@ -192,7 +201,7 @@ async def hostile_check(base_url: str, model: str, requests: int, image_url: str
 
 
 def print_hostile(h: dict[str, float]) -> None:
-    print(f"small requests ({h['requests']} each), quiet: p50 {h['quiet_p50_ms']:.0f} ms, p95 "
+    print(f"small requests ({h['requests']} quiet, {h['requests']} flooded), quiet: p50 {h['quiet_p50_ms']:.0f} ms, p95 "
           f"{h['quiet_p95_ms']:.0f} ms; while another client sends {h['bad_mb']:g} MB bad requests "
           f"({h['bad_requests_refused']} refused with 400, p50 {h['bad_request_ms_p50']:.0f} ms each): p50 "
           f"{h['flooded_p50_ms']:.0f} ms, p95 {h['flooded_p95_ms']:.0f} ms; p95 ratio {h['p95_ratio']:.2f}x "
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             hostile = None
             if args.hostile_requests > 0:
                 hostile = asyncio.run(hostile_check(base, model, args.hostile_requests, image,
-                                                    min(args.max_tokens, 8), args.bad_mb))
+                                                    min(args.max_tokens, 8), args.bad_mb, args.repeats))
                 print_hostile(hostile)
             if args.hostile_only:
                 if args.json:
