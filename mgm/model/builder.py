@@ -43,6 +43,18 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+def device_map_for(device: str, device_map, quantized: bool):
+    """The `device_map` handed to `from_pretrained`, or None to load then `.to(device)`.
+
+    As the original builder: only a bare `cuda` spreads the model with `device_map` (default "auto");
+    `cuda:N` (and cpu/mps) keeps the whole model on that one device; quantized weights must be placed
+    at load time, so they always get a map.
+    """
+    if device == "cuda" and device_map is not None:
+        return device_map
+    return {"": device} if quantized else None
+
+
 def default_dtype(device: str) -> torch.dtype:
     """float32 on CPU; bf16 on GPUs that support it, else fp16."""
     if device.startswith("cuda"):
@@ -110,9 +122,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             load_in_8bit=load_8bit, load_in_4bit=load_4bit and not load_8bit,
             bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True, bnb_4bit_quant_type="nf4",
             llm_int8_skip_modules=[f"model.{name}" for name in NOT_QUANTIZED[:-1]] + ["lm_head"])
-        load_kwargs["device_map"] = {"": device} if device != "cuda" else device_map
-    elif device.startswith("cuda") and device_map == "auto":
-        load_kwargs["device_map"] = "auto"
+    placement = device_map_for(device, device_map, quantized=load_8bit or load_4bit)
+    if placement is not None:
+        load_kwargs["device_map"] = placement
 
     is_lora = (path / "adapter_config.json").is_file()
     has_weights = any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
