@@ -18,6 +18,7 @@ from torch import nn
 
 _STATE: dict[str, bool | None] = {"enabled": True, "works": None}
 _DTYPES = (torch.float32, torch.bfloat16)
+MIN_ROWS = 32  # below this many rows F.linear is used (see _eligible)
 
 
 def set_enabled(enabled: bool) -> None:
@@ -42,7 +43,10 @@ def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
-    return weight.device.type == "cpu" and x.dim() >= 2 and _works()
+    # Few rows (decoding one token per sequence): oneDNN re-lays the weight out on every call, which
+    # costs more than the matmul itself; MKL's gemv reads the weight as it is.
+    rows = x.numel() // max(x.shape[-1], 1)
+    return weight.device.type == "cpu" and x.dim() >= 2 and rows >= MIN_ROWS and _works()
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
