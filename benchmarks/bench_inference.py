@@ -1,6 +1,6 @@
 """Inference benchmark: each step of MGM inference against a plain baseline measured in the same run.
 
-    python benchmarks/bench_inference.py [--quick] [--repeats N] [--steps N] [--no-hd] [--dtype bfloat16] [--json]
+    python benchmarks/bench_inference.py [--quick] [--repeats N] [--steps N] [--sections mining,towers,...] [--json]
 
 The default configuration has the released shapes with random weights (CLIP ViT-L/14-336, ConvNeXt-L
 at 768 (1536 for HD), mining 2880 -> 1024) and a small Llama; `--quick` runs the same steps on tiny
@@ -18,8 +18,7 @@ shapes in seconds (a smoke test; its numbers mean nothing). Rows (median of --re
   decode        ms/token of the engine's per-token path (ContinuousBatch.step) vs HF `generate` with
                 `inputs_embeds` on the bare LLM with the same weights (marginal cost per token)
   peak_rss      peak resident memory of each encode (VmHWM, reset before each measurement)
-  --dtype bfloat16
-                the same model cast to bf16 afterwards: its speed, and its accuracy against float32
+  bf16          the same model cast to bf16 afterwards: its speed, and its accuracy against float32
                 (relative error of encode features and prefill logits, greedy-token agreement)
 """
 from __future__ import annotations
@@ -345,7 +344,10 @@ def progress(section: str, rows: dict) -> None:
     print(f"[bench_inference] {section}: " + json.dumps(rows, default=str), file=sys.stderr, flush=True)
 
 
-def bench(name: str, repeats: int, steps: int, hd: bool, bf16: bool) -> dict:
+SECTIONS = ("mining", "towers", "encode", "llm", "hd", "bf16")
+
+
+def bench(name: str, repeats: int, steps: int, sections: tuple[str, ...] = SECTIONS) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from mgm.serve.engine import InferenceEngine, Request
@@ -357,12 +359,15 @@ def bench(name: str, repeats: int, steps: int, hd: bool, bf16: bool) -> dict:
     torch.manual_seed(2)
     images, images_aux = torch.randn(1, 3, side, side), torch.randn(1, 3, side_aux, side_aux)
     out: dict = {"config": name, "threads": torch.get_num_threads()}
-    out["mining"] = bench_mining(model, repeats)
-    progress("mining", out["mining"])
-    out.update(bench_towers(model, images, images_aux, repeats))
-    progress("towers", {"lr": out["lr_tower"], "hr": out["hr_tower"]})
-    out["encode"] = bench_encode(model, images, images_aux, repeats)
-    progress("encode", out["encode"])
+    if "mining" in sections:
+        out["mining"] = bench_mining(model, repeats)
+        progress("mining", out["mining"])
+    if "towers" in sections:
+        out.update(bench_towers(model, images, images_aux, repeats))
+        progress("towers", {"lr": out["lr_tower"], "hr": out["hr_tower"]})
+    if "encode" in sections or "bf16" in sections:
+        out["encode"] = bench_encode(model, images, images_aux, repeats)
+        progress("encode", out["encode"])
     enc32 = model.encode_images(images, images_aux)
 
     tokenizer = word_tokenizer(spec["llm"]["vocab_size"])
@@ -376,16 +381,18 @@ def bench(name: str, repeats: int, steps: int, hd: bool, bf16: bool) -> dict:
         image_ids, None, torch.ones_like(image_ids), None, None, images, images_aux, padding_side="left")
     bare = LlamaForCausalLM(LlamaConfig(**spec["llm"], max_position_embeddings=4096)).eval()
     bare.load_state_dict({k: v for k, v in model.state_dict().items() if k in bare.state_dict()}, strict=True)
-    llm, greedy_ids = bench_llm(model, bare, engine, embeds, mask, prompt, ids, steps, repeats)
-    out.update(llm)
-    progress("llm", llm)
-    out["prefill"] = {"reference_s": out["encode"]["reference_s"] + out["prefill_llm"]["bare_s"],
-                      "mgm_s": out["encode"]["mgm_s"] + out["prefill_llm"]["mgm_s"]}
-    out["prefill"]["ratio"] = out["prefill"]["mgm_s"] / out["prefill"]["reference_s"]
+    if "llm" in sections or "bf16" in sections:
+        llm, greedy_ids = bench_llm(model, bare, engine, embeds, mask, prompt, ids, steps, repeats)
+        out.update(llm)
+        progress("llm", llm)
+    if "llm" in sections and "encode" in out:
+        out["prefill"] = {"reference_s": out["encode"]["reference_s"] + out["prefill_llm"]["bare_s"],
+                          "mgm_s": out["encode"]["mgm_s"] + out["prefill_llm"]["mgm_s"]}
+        out["prefill"]["ratio"] = out["prefill"]["mgm_s"] / out["prefill"]["reference_s"]
     logits32 = model(input_ids=ids, use_cache=False).logits[0, -1]
     del bare, embeds
 
-    if hd:
+    if "hd" in sections:
         s = inner.mgm_settings
         inner.mgm_settings = dataclasses.replace(s, image_grid=2, image_global=True, image_size_aux=2 * side_aux)
         torch.manual_seed(3)
@@ -395,7 +402,7 @@ def bench(name: str, repeats: int, steps: int, hd: bool, bf16: bool) -> dict:
         inner.mgm_settings = s
         progress("encode_hd", out["encode_hd"])
         del hd_images, hd_aux
-    if bf16:
+    if "bf16" in sections:
         fp32 = {"encode": enc32, "logits": logits32, "greedy_ids": greedy_ids, "encode_mgm_s": out["encode"]["mgm_s"],
                 "encode_reference_s": out["encode"]["reference_s"],
                 "bare_ms_per_token": out["decode"]["bare_ms_per_token"]}
@@ -422,13 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny shapes, one repeat: a smoke test of every step")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     p.add_argument("--steps", type=int, default=32, help="decoding steps per decode measurement")
-    p.add_argument("--no-hd", action="store_true", help="skip the HD (5 views, HR map at 1536) encode")
-    p.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 speed/accuracy section")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (hd: 5 views, HR map at 1536; "
+                        "bf16 needs encode and llm, which it then runs too)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
     name, repeats, steps = ("tiny", 1, 4) if args.quick else ("real", args.repeats, args.steps)
     with torch.no_grad():
-        result = bench(name, repeats, steps, hd=not args.no_hd, bf16=not args.no_bf16)
+        sections = tuple(x for x in args.sections.split(",") if x)
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            p.error(f"unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
+        result = bench(name, repeats, steps, sections)
     if args.json:
         print(json.dumps(result))
     else:

@@ -114,8 +114,9 @@ def _window_bands(matrix: torch.Tensor | None, n_out: int, n_in: int, grid: int,
     """Which inputs of a 1-D resize matrix [n_out, n_in] each of `grid` windows (ps = n_out/grid outputs) reads.
 
     Returns (index [grid, n] of the n consecutive inputs window a reads, in an input axis padded by
-    (pad_lo, pad_hi) zeros; band [grid, ps, n] of their weights; stride, the step of index between
-    windows when it is regular (window a starting at index[0, 0] + a·stride), else None).
+    (pad_lo, pad_hi); band [grid, ps, n] of their weights over a zero-padded axis, or [ps, n] shared
+    by all windows over an edge-replicated axis; stride, the step of index between windows when it
+    is regular (window a starting at index[0, 0] + a·stride), else None).
     """
     ps = n_out // grid
     if matrix is None:
@@ -135,6 +136,14 @@ def _window_bands(matrix: torch.Tensor | None, n_out: int, n_in: int, grid: int,
         width, pad = int((hi - lo).max()) + 1, (0, 0)
         index = lo.clamp(max=n_in - width)[:, None] + torch.arange(width, device=device)
     band = torch.gather(F.pad(m, pad), 2, index[:, None, :].expand(grid, ps, width))
+    if stride is not None:
+        # Bilinear resizes clamp at the borders, which equals one band for every window over an
+        # edge-replicated axis: then all windows share `band` [ps, n] (mixing becomes plain matmuls).
+        shared = band[grid // 2]
+        real = (index - pad[0]).clamp(0, n_in - 1)[:, None, :].expand(grid, ps, width)
+        rebuilt = torch.zeros_like(m).scatter_add_(2, real, shared.expand(grid, ps, width))
+        if torch.allclose(rebuilt, m, atol=1e-6):
+            return index, shared, stride, pad
     return index, band, stride, pad
 
 
@@ -142,7 +151,8 @@ def _stage_windows(x: torch.Tensor, rows, cols, size: tuple[int, int], grid: int
     """Centred stage features per LR window and the resize weights that map them to its HR pixels.
 
     x: [N, C_s, H_s, W_s]. Returns (patches [N, L, K, C_s] with each input pixel's channel mean removed,
-    means [N, L, K] those means, mix [L, p, K] or None when the stage is not resized (K = p)).
+    means [N, L, K] those means, mix [L, p, K] or [p, K] (shared by all windows), or None when the
+    stage is not resized (K = p)).
     """
     n, c = x.shape[:2]
     mean = x.mean(dim=1, keepdim=True)
@@ -152,9 +162,15 @@ def _stage_windows(x: torch.Tensor, rows, cols, size: tuple[int, int], grid: int
     r_idx, r_band, r_step, r_pad = _window_bands(rows, size[0], x.shape[-2], grid, x.device)
     c_idx, c_band, c_step, c_pad = _window_bands(cols, size[1], x.shape[-1], grid, x.device)
     n_r, n_c = r_idx.shape[1], c_idx.shape[1]
+    shared = r_band.dim() == 2 and c_band.dim() == 2
+    if not shared:  # per-window bands over zero padding
+        r_band, c_band = (b if b.dim() == 3 else b.expand(grid, *b.shape) for b in (r_band, c_band))
+    mode = "replicate" if shared else "constant"
 
     def gather(t: torch.Tensor) -> torch.Tensor:  # [N, C', H_s, W_s] -> [N, L, n_r·n_c, C']
-        t = F.pad(t, (*c_pad, *r_pad)).permute(0, 2, 3, 1)  # [N, H, W, C'] (padded)
+        if any(r_pad) or any(c_pad):
+            t = F.pad(t, (*c_pad, *r_pad), mode=mode)
+        t = t.permute(0, 2, 3, 1)  # [N, H, W, C'] (padded)
         if r_step is not None and c_step is not None:  # windows as strided views, one copy below
             t = t[:, int(r_idx[0, 0]):, int(c_idx[0, 0]):].unfold(1, n_r, r_step)[:, :grid]
             t = t.unfold(2, n_c, c_step)[:, :, :grid].permute(0, 1, 2, 4, 5, 3)  # [N, g, g, n_r, n_c, C']
@@ -164,6 +180,8 @@ def _stage_windows(x: torch.Tensor, rows, cols, size: tuple[int, int], grid: int
         return t.reshape(n, grid * grid, n_r * n_c, t.shape[-1])
 
     patches, means = gather(centred), gather(mean)[..., 0]
+    if shared:
+        return patches, means, torch.einsum("ip,jq->ijpq", r_band, c_band).reshape(-1, n_r * n_c)
     mix = torch.einsum("aip,bjq->abijpq", r_band, c_band).reshape(grid * grid, -1, n_r * n_c)
     return patches, means, mix
 
@@ -193,8 +211,13 @@ def mine_patches_multiscale(lr: torch.Tensor, hr: MultiScaleMap, query: nn.Seque
             sq.append(torch.linalg.vector_norm(patches, dim=-1).square())
         else:
             gram = patches @ patches.transpose(-1, -2)  # [N, L, K, K]
-            sq.append(((mix @ gram) * mix).sum(-1))
-            stage_dots, stage_means = (torch.einsum("lpk,nlk->nlp", mix, t) for t in (stage_dots, stage_means))
+            if mix.dim() == 2:  # one band for all windows: (M G Mᵀ)_jj as one matmul over flattened G
+                pairs = (mix[:, :, None] * mix[:, None, :]).flatten(1)  # [p, K²]
+                sq.append(gram.flatten(-2) @ pairs.T)
+                stage_dots, stage_means = stage_dots @ mix.T, stage_means @ mix.T
+            else:
+                sq.append(torch.einsum("lpk,nlkm,lpm->nlp", mix, gram, mix))
+                stage_dots, stage_means = (torch.einsum("lpk,nlk->nlp", mix, t) for t in (stage_dots, stage_means))
         windows.append((patches, mix))
         dots.append(stage_dots)
         means.append(stage_means)
@@ -214,7 +237,7 @@ def mine_patches_multiscale(lr: torch.Tensor, hr: MultiScaleMap, query: nn.Seque
     shifts = (offset * u).sum(-1, keepdim=True)  # [S, N, L, 1]
     pooled = []
     for (patches, mix), shift in zip(windows, shifts):
-        v = u if mix is None else torch.einsum("nlp,lpk->nlk", u, mix)
+        v = u if mix is None else u @ mix if mix.dim() == 2 else torch.einsum("nlp,lpk->nlk", u, mix)
         pooled.append((v[..., None, :] @ patches)[..., 0, :] + shift)
     return _value_out(torch.cat(pooled, dim=-1), value, lr.dtype)
 
