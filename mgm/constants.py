@@ -42,3 +42,8 @@ DESCRIPT_PROMPT = (
     "Offer an in-depth description of this picture.",
     "Tell me, in detail, what this image depicts.",
 )
+
+# The UI strings of the original (`server_error_msg`, `moderation_msg` in its mgm/utils.py): one copy,
+# re-exported by mgm.utils (original names) and mgm.serve.protocol (the servers').
+SERVER_ERROR_MSG = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
+MODERATION_MSG = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."

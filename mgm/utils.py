@@ -12,11 +12,10 @@ import os
 import sys
 
 from mgm.constants import LOGDIR
+from mgm.constants import MODERATION_MSG as moderation_msg  # noqa: F401 (original name)
+from mgm.constants import SERVER_ERROR_MSG as server_error_msg  # noqa: F401 (original name)
 from mgm.serve.logging_utils import build_logger as _build_logger
 
-# The UI strings of the original (mgm.serve.protocol holds the same values for the servers).
-server_error_msg = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
-moderation_msg = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
 MODERATION_URL = "https://api.openai.com/v1/moderations"
 
 

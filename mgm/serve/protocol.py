@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mgm.constants import CONTROLLER_HEART_BEAT_EXPIRATION, WORKER_HEART_BEAT_INTERVAL  # noqa: F401 (re-export)
 
 # --- constants shared by controller and workers (MGM_SPEC §7.3, §9.3) --------------------------------
-SERVER_ERROR_MSG = "**NETWORK ERROR DUE TO HIGH TRAFFIC. PLEASE REGENERATE OR REFRESH THIS PAGE.**"
-MODERATION_MSG = "YOUR INPUT VIOLATES OUR CONTENT MODERATION GUIDELINES. PLEASE TRY AGAIN."
+from mgm.constants import MODERATION_MSG, SERVER_ERROR_MSG  # noqa: E402,F401 (re-export)
 EXCEEDS_MAX_TOKENS_MSG = "Exceeds max token length. Please start a new conversation, thanks."
 
 # `error_code` values of a stream chunk.
