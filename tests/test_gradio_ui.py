@@ -26,7 +26,7 @@ from serving_helpers import (
 
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
-from mgm.serve import batcher as batcher_mod
+from mgm.inference import batcher as batcher_mod
 from mgm.serve.controller import ControllerSettings, create_app as controller_app
 from mgm.serve.engine import RowResult
 from mgm.serve.gradio_web_server import (

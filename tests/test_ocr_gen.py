@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from serving_helpers import build_zoo, image_b64, load_engine, make_worker, model_path, start_worker, vicuna_prompt
 
 from mgm.errors import UserError
-from mgm.serve import batcher as batcher_mod
+from mgm.inference import batcher as batcher_mod
 from mgm.serve.engine import RowResult
 from mgm.serve.imagegen import NEG, generate_image, hidden_prompt, load_pipeline
 from mgm.serve.ocr import build_ocr, join_texts

@@ -28,7 +28,7 @@ from serving_helpers import (
 
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
-from mgm.serve import batcher as batcher_mod
+from mgm.inference import batcher as batcher_mod
 from mgm.serve.controller import ControllerSettings, create_app as controller_app
 from mgm.serve.engine import GenerationParams, Request
 from mgm.serve.model_worker import add_content, assistant_tail, parse_settings

@@ -258,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Loaded on first use and shared by every benchmark run in this process (not by GPU shard processes).
     model = EvalModel.load(argparse.Namespace(model_path=args.model_path, model_base=args.model_base,
-                                              load_8bit=args.load_8bit, device=args.device))
+                                              load_8bit=args.load_8bit, device=args.device,
+                                              conv_mode=conv_mode))
     for bench, paths in plans:
         print(f"== {bench.name}: answers -> {paths['merged']}", file=sys.stderr)
         run_answers(bench, paths, args, conv_mode, model)

@@ -36,9 +36,6 @@ from typing import Any
 
 from mgm.errors import UserError, exit_on_user_error
 
-# Greedy vs sampling threshold of the original runners (`do_sample = temperature > 0`).
-_GREEDY_EPS = 0.0
-
 # How a foreign record is described in messages, keyed by `guess_record_kind`.
 _KIND_NAMES = {
     "vqa": "a VQA-style answer {question_id, prompt, text, ...} (model_vqa_loader / model_vqa / model_vqa_science)",
@@ -211,12 +208,13 @@ class EvalModel:
 
         def loader() -> Any:
             from mgm.model.builder import load_pretrained_model
-            from mgm.serve.engine import InferenceEngine
+            from mgm.inference.engine import InferenceEngine
 
             tokenizer, model, image_processor, context_len = load_pretrained_model(
                 model_path, getattr(args, "model_base", None), name, load_8bit=bool(getattr(args, "load_8bit", False)),
                 device=getattr(args, "device", "auto"))
-            return InferenceEngine(tokenizer, model, image_processor, context_len)
+            return InferenceEngine(tokenizer, model, image_processor, context_len,
+                                   extra_eos_tokens=eval_eos_tokens(getattr(args, "conv_mode", "") or ""))
 
         return cls(name, loader=loader)
 
@@ -228,16 +226,12 @@ class EvalModel:
             return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n"
         return DEFAULT_IMAGE_TOKEN + "\n"
 
-    def set_terminators(self, conv_mode: str) -> None:
-        """Stop on the tokenizer's EOS, plus `<|eot_id|>` for llama_3 templates (as the original runners)."""
-        tokenizer = self.engine.tokenizer
-        eos = tokenizer.eos_token_id
-        ids = [eos] if eos is not None else []
-        if "llama_3" in conv_mode:
-            eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-            if isinstance(eot, int) and eot != tokenizer.unk_token_id and eot not in ids:
-                ids.append(eot)
-        self.engine.eos_ids = ids
+
+
+def eval_eos_tokens(conv_mode: str) -> tuple[str, ...]:
+    """Tokens that end an answer besides the model's own EOS ids: `<|eot_id|>` for llama_3 templates
+    (the original runners' `terminators`)."""
+    return ("<|eot_id|>",) if "llama_3" in conv_mode else ()
 
 
 def default_batch_size(engine: Any, max_new_tokens: int, num_beams: int = 1) -> int:
@@ -447,7 +441,7 @@ class _Generator:
         return build_prompt(self.conv_mode, self.prefix * item.n_images + item.text)
 
     def __call__(self, batch: list[EvalItem], images: list[list]) -> list[str]:
-        from mgm.serve.engine import Request
+        from mgm.inference.requests import Request
 
         engine = self.model.engine
         model = engine.model
@@ -497,7 +491,7 @@ def run_benchmark(items: list[EvalItem], fmt: AnswerFormat, args: argparse.Names
     if result.failed:
         for message in result.failed[:20]:
             print(f"error: {message}", file=sys.stderr)
-        more = f" (first 20 listed)" if len(result.failed) > 20 else ""
+        more = " (first 20 listed)" if len(result.failed) > 20 else ""
         raise UserError(f"{len(result.failed)} question(s) failed{more}; the other answers are in {answers_file}. "
                         "Fix the inputs and run the same command again to answer only the missing ones")
     return result
@@ -528,11 +522,10 @@ def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace
 
             torch.manual_seed(args.seed)
         conv_mode = resolve_conv_mode(args.conv_mode, model.name, conv_switch)
-        model.set_terminators(conv_mode)
-        from mgm.serve.engine import GenerationParams
+        from mgm.inference.requests import GenerationParams
 
-        params = GenerationParams(temperature=args.temperature if args.temperature > _GREEDY_EPS else 0.0,
-                                  top_p=args.top_p, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+        params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
+                                  max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
         batch_size = args.batch_size or default_batch_size(model.engine, args.max_new_tokens, args.num_beams)
         if batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {batch_size}")

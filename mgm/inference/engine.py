@@ -1,0 +1,215 @@
+"""One inference engine per loaded model, shared by the CLI, the model worker, the web demo and eval.
+
+It turns (templated prompt, images, sampling parameters) into text: `generate` answers many requests
+in one batched call (left padding, several images per request, text-only rows mixed in, beam search
+allowed), `stream` yields one answer piece by piece. The engine owns its end-of-sequence set (the
+tokenizer's, the generation config's and the template's stop tokens), the prompt encoding and the
+one context-length check. Streamed rows live in `mgm.inference.rows`, continuous batching in
+`mgm.inference.continuous`, request batching for servers in `mgm.inference.batcher`.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from mgm.data.image import images_to_batch
+from mgm.errors import UserError
+from mgm.inference.decoding import trim_stop
+from mgm.inference.requests import Request
+from mgm.inference.sampling import pad_token_id
+from mgm.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+
+
+@dataclass
+class BatchInputs:
+    """Model inputs of a batch: ids / mask [B, L] (left padded), image blocks [N, 3, H, W] (or None)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    images: torch.Tensor | None
+    images_aux: torch.Tensor | None
+
+    def generate_kwargs(self) -> dict:
+        return dict(images=self.images, images_aux=self.images_aux, attention_mask=self.mask)
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+class InferenceEngine:
+    """Wraps `(tokenizer, model, image_processor, context_len)` from `load_pretrained_model`.
+
+    extra_eos_tokens: tokens that also end an answer when they are single vocabulary entries, e.g. a
+    template's stop strings (`<|eot_id|>` for llama_3, `<|im_end|>` for ChatML).
+    """
+
+    def __init__(self, tokenizer, model, image_processor, context_len: int = 2048,
+                 extra_eos_tokens: Iterable[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.image_processor = image_processor
+        self.context_len = context_len
+        self.lock = threading.Lock()  # one forward pass at a time on a model
+        self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
+        gen_config = getattr(model, "generation_config", None)
+        for extra in _as_list(getattr(gen_config, "eos_token_id", None)):
+            if extra not in self.eos_ids:
+                self.eos_ids.append(extra)
+        for token in extra_eos_tokens:
+            self.add_eos_token(token)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_model().embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        tower = self.model.get_vision_tower()
+        return tower.dtype if tower is not None else self.model.dtype
+
+    @property
+    def pad_id(self) -> int:
+        return pad_token_id(self.tokenizer, self.eos_ids)
+
+    def add_eos_token(self, token: str) -> None:
+        """Also stop on `token` when it is a single vocabulary entry (e.g. `<|eot_id|>` for llama_3)."""
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in self.eos_ids:
+            self.eos_ids.append(token_id)
+
+    # -- inputs ---------------------------------------------------------------------------------------
+    def encode_prompt(self, request: Request) -> torch.Tensor:
+        """The prompt's token ids [L], one IMAGE_TOKEN_INDEX per image (cached on the request)."""
+        n_tags = request.prompt.count(DEFAULT_IMAGE_TOKEN)
+        if n_tags != len(request.images):
+            raise UserError(f"the prompt has {n_tags} <image> tags but {len(request.images)} images were given")
+        if request.images and self.model.get_vision_tower() is None:
+            raise UserError("this model has no vision tower; send text only")
+        cached = request._encoded
+        if cached is not None and cached[0] is self.tokenizer and cached[1] == request.prompt:
+            return cached[2]
+        ids = tokenizer_image_token(request.prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        request._encoded = (self.tokenizer, request.prompt, ids)
+        return ids
+
+    def image_tensors(self, images: list[Image.Image | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lr, hr = images_to_batch(images, self.image_processor, self.model.mgm_settings)
+        lr = lr.to(device=self.device, dtype=self.dtype)
+        return lr, (hr.to(device=self.device, dtype=self.dtype) if hr is not None else None)
+
+    def num_image_tokens(self) -> int:
+        """Tokens one image occupies in the LLM's sequence (grid views and global view included)."""
+        tower = self.model.get_vision_tower()
+        if tower is None:
+            return 0
+        s = self.model.mgm_settings
+        return tower.num_patches * (s.image_grid**2 + (1 if s.image_global and s.image_grid > 1 else 0))
+
+    def batch_inputs(self, requests: list[Request]) -> BatchInputs:
+        """Left-padded ids and mask plus image blocks for `requests`; each prompt must fit the context."""
+        rows = [self.encode_prompt(r) for r in requests]
+        for r in requests:
+            check_context(self, request_token_count(self, r))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = row
+            mask[i, width - len(row):] = 1
+        images = images_aux = None
+        if any(r.images for r in requests):
+            # One image block per <image>, in row order; text-only rows consume a dummy block (as the
+            # original's training batches do), so rows and blocks stay aligned.
+            flat: list[Image.Image | None] = []
+            for r in requests:
+                flat.extend(r.images if r.images else [None])
+            images, images_aux = self.image_tensors(flat)
+        return BatchInputs(ids.to(self.device), mask.to(self.device), images, images_aux)
+
+    def generate_kwargs(self) -> dict:
+        """End-of-sequence and pad ids every `model.generate` call of this engine passes."""
+        return dict(eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id, use_cache=True)
+
+    # -- generation -----------------------------------------------------------------------------------
+    def generate_ids(self, requests: list[Request]) -> torch.Tensor:
+        """New token ids [B, T] (padded with the pad id) for requests sharing one set of sampling parameters."""
+        params = requests[0].params
+        inputs = self.batch_inputs(requests)
+        kwargs = params.to_generate_kwargs() | self.generate_kwargs()
+        if params.stop:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [KeywordsStoppingCriteria(params.stop, self.tokenizer, inputs.ids)])
+        with self.lock, torch.inference_mode():
+            return self.model.generate(inputs.ids, **inputs.generate_kwargs(), **kwargs)
+
+    def generate(self, requests: list[Request]) -> list[str]:
+        """Answers (cut at their stop strings, stripped) for requests sharing one set of sampling parameters."""
+        if not requests:
+            return []
+        texts = self.tokenizer.batch_decode(self.generate_ids(requests), skip_special_tokens=True)
+        return [trim_stop(t, requests[0].params.stop) for t in texts]
+
+    def stream(self, request: Request, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield text pieces of one answer as they are generated (stop strings never appear).
+
+        `cancel` (set by the caller, or here when the consumer stops early) ends generation at the next
+        token. Beam search cannot stream: its answer comes as one piece.
+        """
+        if request.params.num_beams != 1:
+            yield self.generate([request])[0]
+            return
+        from mgm.inference.rows import generate_rows
+
+        cancel = cancel if cancel is not None else threading.Event()
+        pieces: queue.Queue = queue.Queue()
+        end = object()
+
+        def run() -> None:
+            try:
+                generate_rows(self, [request], on_text=lambda i, piece: pieces.put(piece),
+                              cancelled=lambda i: cancel.is_set())
+            except BaseException as exc:  # surfaced to the consumer below
+                pieces.put(exc)
+            pieces.put(end)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            while (item := pieces.get()) is not end:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()  # a consumer that left early stops the generation
+            thread.join()
+
+
+def request_token_count(engine: InferenceEngine, request: Request) -> int:
+    """Prompt length in tokens as the model sees it (every image counted as `num_image_tokens()`)."""
+    ids = engine.encode_prompt(request)
+    return int(ids.shape[-1]) + (engine.num_image_tokens() - 1) * len(request.images)
+
+
+def context_limit(engine: InferenceEngine) -> int:
+    """The model's position limit (max_position_embeddings, else the loader's context length)."""
+    return int(getattr(engine.model.config, "max_position_embeddings", None) or engine.context_len)
+
+
+def check_context(engine: InferenceEngine, prompt_tokens: int) -> int:
+    """Room left for new tokens after a prompt of `prompt_tokens`; UserError when not even one fits."""
+    limit = context_limit(engine)
+    if prompt_tokens + 1 > limit:
+        raise UserError(f"the prompt is {prompt_tokens} tokens (image tokens included), over the model's "
+                        f"context of {limit}; shorten it or start a new conversation")
+    return limit - prompt_tokens

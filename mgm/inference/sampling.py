@@ -1,0 +1,83 @@
+"""Sampling rules shared by every generation path: greedy threshold, top-k default, pad id, per-row warping.
+
+Each rule is defined here once; the engine, the streamed rows and continuous batching all use them.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+# A temperature at or below this means greedy decoding. The original worker used `temperature > 0.001`
+# for sampling; its eval runners and CLI used `> 0`. The two differ only for temperatures in
+# (0, 0.001], where sampling is already argmax in all but exact ties.
+GREEDY_MAX_TEMPERATURE = 0.001
+
+# top-k applied when sampling and the model's generation config names none (transformers' default).
+DEFAULT_TOP_K = 50
+
+# pad id when the tokenizer has no pad token and no end-of-sequence id is known either.
+FALLBACK_PAD_ID = 0
+
+
+def is_greedy(temperature: float) -> bool:
+    """True when `temperature` asks for greedy decoding (GREEDY_MAX_TEMPERATURE)."""
+    return temperature <= GREEDY_MAX_TEMPERATURE
+
+
+def pad_token_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
+    """The pad id: the tokenizer's, else the first end-of-sequence id, else FALLBACK_PAD_ID."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(eos_ids[0]) if eos_ids else FALLBACK_PAD_ID
+
+
+def sampling_top_k(model: Any) -> int:
+    """top-k used when sampling: the model's generation config, else DEFAULT_TOP_K."""
+    top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+    return DEFAULT_TOP_K if top_k is None else int(top_k)
+
+
+def row_sampling_processor(params: Sequence[Any], top_k: int, device: torch.device):
+    """A logits processor applying each row's own temperature, top-k and top-p (greedy rows: argmax).
+
+    `params` holds one GenerationParams per row. Mirrors transformers' warpers (temperature → top-k →
+    top-p, one token always kept), row by row, so rows with different sampling parameters can share
+    one sampled `generate` call. scores: [B, V] → [B, V].
+    """
+    from transformers import LogitsProcessor
+
+    greedy = torch.tensor([not p.do_sample for p in params], device=device)
+    temps = torch.tensor([p.temperature if p.do_sample else 1.0 for p in params],
+                         dtype=torch.float32, device=device)
+    top_p = torch.tensor([p.top_p if (p.top_p is not None and p.do_sample) else 1.0 for p in params],
+                         dtype=torch.float32, device=device)
+
+    class RowSampling(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            neg = torch.finfo(scores.dtype).min
+            out = scores / temps.to(scores.dtype)[:, None]
+            if top_k > 0:
+                kth = torch.topk(out, min(top_k, out.shape[-1]), dim=-1).values[:, -1:]
+                out = out.masked_fill(out < kth, neg)
+            if bool((top_p < 1.0).any()):
+                sorted_logits, sorted_idx = torch.sort(out, descending=False)
+                cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+                remove = cumulative <= (1 - top_p)[:, None]
+                remove[:, -1] = False
+                out = out.masked_fill(remove.scatter(1, sorted_idx, remove), neg)
+            if bool(greedy.any()):
+                one_hot = torch.full_like(scores, neg).scatter_(1, scores.argmax(dim=-1, keepdim=True), 0.0)
+                out = torch.where(greedy[:, None], one_hot, out)
+            return out
+
+    return RowSampling()
+
+
+def sample_next(logits: torch.Tensor, params: Sequence[Any], top_k: int) -> torch.Tensor:
+    """logits [B, V] → next token ids [B] under each row's parameters (all greedy: plain argmax)."""
+    if all(not p.do_sample for p in params):
+        return logits.argmax(dim=-1)
+    process = row_sampling_processor(params, top_k, logits.device)
+    probs = torch.softmax(process(None, logits.float()), dim=-1)
+    return torch.multinomial(probs, num_samples=1).squeeze(1)
