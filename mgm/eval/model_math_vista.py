@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from mgm.errors import UserError
-from mgm.eval.runner import AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark, entry_point
+from mgm.eval.runner import AnswerFormat, EvalItem, runner_cli
 
 HINT_MULTI_CHOICE = ("Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
                      "at the end.")
@@ -124,23 +124,15 @@ def math_vista_items(question_file: str, image_folder: str) -> list[EvalItem]:
     return items
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_math_vista", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json")
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for compatibility (unused)")
     parser.add_argument("--single-pred-prompt", action="store_true", help="accepted for compatibility (unused)")
-    return parser
 
 
-def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
-    args = build_parser().parse_args(argv)
-    items = math_vista_items(args.question_file, args.image_folder)
-    return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
-
-
-main = entry_point(run)
+build_parser, run, main = runner_cli(
+    "python -m mgm.eval.model_math_vista", __doc__, FORMAT,
+    lambda args: math_vista_items(args.question_file, args.image_folder),
+    conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json", add_args=_add_args)
 
 
 if __name__ == "__main__":

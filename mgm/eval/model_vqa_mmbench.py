@@ -26,8 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mgm.errors import UserError
-from mgm.eval.runner import (AnswerFormat, EvalItem, EvalModel, RunResult, add_common_args, require_pandas,
-                             run_benchmark, entry_point)
+from mgm.eval.runner import AnswerFormat, EvalItem, require_pandas, runner_cli
 
 ALL_OPTIONS = ["A", "B", "C", "D"]
 SINGLE_PRED_PROMPT = {"en": "Answer with the option's letter from the given choices directly.",
@@ -158,26 +157,17 @@ def mmbench_items(question_file: str, all_rounds: bool, single_pred_prompt: bool
     return items
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_vqa_mmbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, conv_mode="llava_v1", max_new_tokens=1024)
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-rounds", action="store_true", help="circular evaluation: one round per option")
     parser.add_argument("--single-pred-prompt", action="store_true",
                         help="ask for the option letter only (the MGM scripts use this)")
     parser.add_argument("--lang", default="en", help="language of the single-pred prompt: en (default) or cn")
-    return parser
 
 
-def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
-    args = build_parser().parse_args(argv)
-    items = mmbench_items(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang)
-    return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}",
-                         model=model, conv_switch="model")
-
-
-main = entry_point(run)
+build_parser, run, main = runner_cli(
+    "python -m mgm.eval.model_vqa_mmbench", __doc__, FORMAT,
+    lambda args: mmbench_items(args.question_file, args.all_rounds, args.single_pred_prompt, args.lang),
+    conv_mode="llava_v1", max_new_tokens=1024, add_args=_add_args, conv_switch="model")
 
 
 if __name__ == "__main__":

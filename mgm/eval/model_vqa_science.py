@@ -17,10 +17,9 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
 
 from mgm.errors import UserError
-from mgm.eval.runner import VQA_FORMAT, EvalItem, EvalModel, RunResult, add_common_args, run_benchmark, entry_point
+from mgm.eval.runner import VQA_FORMAT, EvalItem, runner_cli
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 FORMAT = dataclasses.replace(VQA_FORMAT, runner="model_vqa_science", key_of=lambda r: (r["question_id"],))
@@ -83,23 +82,15 @@ def science_items(question_file: str, image_folder: str, single_pred_prompt: boo
     return items
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.eval.model_vqa_science", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser, conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json")
+def _add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--answer-prompter", action="store_true", help="accepted for compatibility (unused)")
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
-    return parser
 
 
-def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
-    """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
-    args = build_parser().parse_args(argv)
-    items = science_items(args.question_file, args.image_folder, args.single_pred_prompt)
-    return run_benchmark(items, FORMAT, args, question_source=f"--question-file {args.question_file}", model=model)
-
-
-main = entry_point(run)
+build_parser, run, main = runner_cli(
+    "python -m mgm.eval.model_vqa_science", __doc__, FORMAT,
+    lambda args: science_items(args.question_file, args.image_folder, args.single_pred_prompt),
+    conv_mode="llava_v0", max_new_tokens=1024, question_file="tables/question.json", add_args=_add_args)
 
 
 if __name__ == "__main__":

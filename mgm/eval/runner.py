@@ -25,156 +25,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mgm.errors import UserError, exit_on_user_error
+from mgm.eval.answers import AnswerFormat, EvalItem, RunResult, guess_record_kind, load_answers, reorder_answers
+from mgm.eval.questions import VQA_FORMAT, read_question_jsonl, require_pandas, vqa_items
+from mgm.eval.runner_args import add_common_args, get_chunk, split_list, str2bool
 
-# How a foreign record is described in messages, keyed by `guess_record_kind`.
-_KIND_NAMES = {
-    "vqa": "a VQA-style answer {question_id, prompt, text, ...} (model_vqa_loader / model_vqa / model_vqa_science)",
-    "mmbench": "an MMBench answer {question_id, round_id, options, option_char, ...} (model_vqa_mmbench)",
-    "mathvista": "a MathVista answer {pid, query, response, ...} (model_math_vista)",
-    "mmmu": "an MMMU answer {id, question_type, response, parsed_pred, ...} (MMMU run_llava.py)",
-}
-
-
-# ------------------------------------------------------------------------------------------ chunking
-def split_list(lst: Sequence, n: int) -> list:
-    """Split `lst` into slices of size ceil(len/n) (the original's rule; may give fewer than n slices)."""
-    chunk_size = max(1, math.ceil(len(lst) / n))
-    return [lst[i:i + chunk_size] for i in range(0, len(lst), chunk_size)]
-
-
-def get_chunk(lst: Sequence, n: int, k: int) -> list:
-    """The k-th of `n` shards of `lst`; empty when that slice does not exist (the original raised IndexError)."""
-    if n < 1:
-        raise UserError(f"--num-chunks must be >= 1, got {n}")
-    if not 0 <= k < n:
-        raise UserError(f"--chunk-idx must be in 0..{n - 1} for --num-chunks {n}, got {k}")
-    chunks = split_list(lst, n)
-    return list(chunks[k]) if k < len(chunks) else []
-
-
-def require_pandas():
-    """pandas (the `eval` extra), or a UserError saying how to install it."""
-    try:
-        import pandas
-    except ImportError:
-        raise UserError("reading MMBench TSV / MMMU parquet files needs pandas (and pyarrow): "
-                        "pip install 'mgm[eval]'") from None
-    return pandas
-
-
-# ------------------------------------------------------------------------------------------- flags
-def str2bool(value: str | bool) -> bool:
-    """Parse a boolean flag value; the original's `type=bool` took any non-empty string (even "False") as True."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "t", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "f", "no", "n", "off", ""):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (True/False), got {value!r}")
-
-
-def add_common_args(parser: argparse.ArgumentParser, *, conv_mode: str, temperature: float = 0.2,
-                    max_new_tokens: int = 1024, question_file: str = "tables/question.jsonl",
-                    model_flag: str = "--model-path") -> None:
-    """The original runners' flags (same names and defaults) plus the shared engine's own options."""
-    parser.add_argument(model_flag, *(["--model-path"] if model_flag != "--model-path" else []),
-                        dest="model_path", default="facebook/opt-350m", help="MGM checkpoint folder")
-    parser.add_argument("--model-base", "--model_base", dest="model_base", default=None,
-                        help="base LLM for projector-only or LoRA checkpoint folders")
-    parser.add_argument("--image-folder", default="", help="folder the question file's image paths are relative to")
-    parser.add_argument("--question-file", default=question_file, help="benchmark question file")
-    parser.add_argument("--answers-file", default="answer.jsonl",
-                        help="answers JSONL; answers already in it are kept and only missing questions are run")
-    parser.add_argument("--conv-mode", default=conv_mode, help=f"conversation template (default {conv_mode})")
-    parser.add_argument("--num-chunks", type=int, default=1, help="number of shards the questions are split into")
-    parser.add_argument("--chunk-idx", type=int, default=0, help="which shard (0-based) this process answers")
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"sampling temperature; 0 = greedy (default {temperature})")
-    parser.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    parser.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int,
-                        default=max_new_tokens, help=f"answer length limit in tokens (default {max_new_tokens})")
-    parser.add_argument("--load_8bit", "--load-8bit", dest="load_8bit", type=str2bool, nargs="?", const=True,
-                        default=False, help="quantise the LLM to 8 bit (True/False)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="questions per generate call (default: from the model size and free memory)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (matters only when sampling)")
-    parser.add_argument("--limit", type=int, default=None,
-                        help="answer at most N missing questions, then stop (smoke tests)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="discard an existing --answers-file instead of resuming it")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-# -------------------------------------------------------------------------------------- data model
-@dataclass
-class EvalItem:
-    """One question to answer.
-
-    `key` identifies the question for resume (it must equal `AnswerFormat.key_of(record)` of its
-    record); `text` is the user turn WITHOUT image tags (the runner adds one per image);
-    `load_images()` returns the PIL images (raising UserError naming the file); `make_record(answer,
-    model_name)` builds the output record; `where` locates the question for messages;
-    `fixed_answer`, when set, is written without running the model (MMMU multi-image samples).
-    """
-
-    key: Hashable
-    text: str
-    n_images: int
-    load_images: Callable[[], list]
-    make_record: Callable[[str, str], dict]
-    where: str
-    fixed_answer: str | None = None
-
-
-@dataclass(frozen=True)
-class AnswerFormat:
-    """What one runner writes: its record kind, required keys and the resume key of a record."""
-
-    kind: str
-    runner: str
-    required: tuple[str, ...]
-    key_of: Callable[[dict], Hashable]
-    clean: Callable[[str], str] = str.strip
-    model_field: str | None = "model_id"
-
-
-def guess_record_kind(record: dict) -> str | None:
-    """Which runner wrote `record` (by its distinctive keys), or None."""
-    if "round_id" in record and "option_char" in record:
-        return "mmbench"
-    if "parsed_pred" in record:
-        return "mmmu"
-    if "pid" in record and "response" in record:
-        return "mathvista"
-    if "question_id" in record and "text" in record:
-        return "vqa"
-    return None
-
-
-@dataclass
-class RunResult:
-    """Outcome of one `run_benchmark` call."""
-
-    answers_file: str
-    total: int
-    resumed: int = 0
-    written: int = 0
-    failed: list[str] = field(default_factory=list)
-    complete: bool = False
+__all__ = [
+    "VQA_FORMAT", "AnswerFormat", "EvalItem", "EvalModel", "RunResult", "add_common_args", "build_prompt",
+    "default_batch_size", "entry_point", "get_chunk", "guess_record_kind", "load_answers", "read_question_jsonl",
+    "require_pandas", "resolve_conv_mode", "run_benchmark", "runner_cli", "split_list", "str2bool", "vqa_items",
+]
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -298,106 +164,6 @@ def build_prompt(conv_mode: str, user_text: str) -> str:
     return conv.get_prompt()
 
 
-# --------------------------------------------------------------------------------- answers file
-def _describe_key(key: Hashable) -> str:
-    return repr(key[0] if isinstance(key, tuple) and len(key) == 1 else key)
-
-
-def load_answers(path: str, fmt: AnswerFormat, all_keys: Counter, chunk_keys: Counter, model_name: str | None,
-                 question_source: str) -> list[dict]:
-    """Read and check an existing answers file; a half-written last line (killed run) is dropped.
-
-    Raises UserError (naming the file and line) for a record of another runner, an answer to a
-    question not in the question file, an answer of another shard, or one of another model.
-    """
-    if not os.path.exists(path):
-        return []
-    if os.path.isdir(path):
-        raise UserError(f"--answers-file {path} is a directory")
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise UserError(f"answers file {path} is not UTF-8 text; is it an answers file?") from None
-    lines = text.split("\n")
-    records: list[dict] = []
-    repaired = None
-    for index, line in enumerate(lines):
-        if not line.strip():
-            continue
-        where = f"answers file {path}, line {index + 1}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if index == len(lines) - 1:  # no newline after it: the run was killed while writing it
-                repaired = "\n".join(lines[:index]) + ("\n" if index else "")
-                print(f"note: {where} is incomplete (interrupted run); dropping it", file=sys.stderr)
-                break
-            raise UserError(f"{where} is not a JSON record; expected the JSONL written by {fmt.runner} "
-                            "(use another --answers-file, or --overwrite to replace it)") from None
-        if not isinstance(record, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        kind = guess_record_kind(record)
-        missing = [k for k in fmt.required if k not in record]
-        if kind != fmt.kind or missing:
-            found = _KIND_NAMES.get(kind or "", "an unknown record (keys: " + ", ".join(sorted(record)[:10]) + ")")
-            raise UserError(f"{where} holds {found}, not an answer of {fmt.runner}; this answers file belongs to "
-                            "another benchmark (use another --answers-file, or --overwrite to replace it)")
-        try:
-            key = fmt.key_of(record)
-            hash(key)
-        except (KeyError, TypeError):
-            raise UserError(f"{where}: record has no usable question key; is it an answer of {fmt.runner}?") from None
-        if key not in all_keys:
-            raise UserError(f"{where}: question {_describe_key(key)} is not in {question_source}; the file holds "
-                            "answers to other questions (another benchmark?). Use another --answers-file, or "
-                            "--overwrite to replace it")
-        if key not in chunk_keys:
-            raise UserError(f"{where}: question {_describe_key(key)} belongs to another shard than this "
-                            "--chunk-idx/--num-chunks; every shard needs its own --answers-file")
-        if fmt.model_field and model_name is not None and record.get(fmt.model_field) != model_name:
-            raise UserError(f"{where}: answer of model {record.get(fmt.model_field)!r}, but this run uses "
-                            f"{model_name!r}; use another --answers-file, or --overwrite to replace it")
-        records.append(record)
-    if repaired is None and text and not text.endswith("\n"):
-        repaired = text + "\n"  # the last record lacks its newline: appending must start a new line
-    if repaired is not None:
-        _atomic_write(path, repaired)
-    return records
-
-
-def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _reorder(path: str, records: list[dict], items: list[EvalItem], fmt: AnswerFormat) -> int:
-    """Rewrite the answers in question order (one record per item, duplicates dropped); returns #dropped."""
-    buckets: dict[Hashable, list[dict]] = {}
-    for record in records:
-        buckets.setdefault(fmt.key_of(record), []).append(record)
-    ordered = []
-    for item in items:
-        bucket = buckets.get(item.key)
-        if bucket:
-            ordered.append(bucket.pop(0))
-    dropped = len(records) - len(ordered)
-    text = "".join(json.dumps(r) + "\n" for r in ordered)
-    current = "".join(json.dumps(r) + "\n" for r in records)
-    if text != current:
-        _atomic_write(path, text)
-    return dropped
-
-
 # ------------------------------------------------------------------------------------------- run
 def _pending(items: list[EvalItem], done: Counter) -> list[EvalItem]:
     left = Counter(done)
@@ -483,7 +249,7 @@ def run_benchmark(items: list[EvalItem], fmt: AnswerFormat, args: argparse.Names
         records.extend(written)
     result.complete = not result.failed and not limited
     if result.complete:
-        dropped = _reorder(answers_file, records, chunk, fmt)
+        dropped = reorder_answers(answers_file, records, chunk, fmt)
         if dropped:
             print(f"note: dropped {dropped} duplicate answer(s) from {answers_file}", file=sys.stderr)
     print(f"{fmt.runner}: {result.written} answered, {result.resumed} kept from {answers_file}, "
@@ -573,77 +339,6 @@ def _answer(pending: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace
     return written
 
 
-# ------------------------------------------------------------------------- VQA-style question files
-def read_question_jsonl(path: str, required: Sequence[str], expected: str) -> list[tuple[int, dict]]:
-    """`(line number, record)` of a JSONL question file; a wrong format is a UserError naming file and line."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise UserError(f"--question-file {path} does not exist")
-    out = []
-    with open(path, encoding="utf-8") as f:
-        try:
-            lines = list(f)
-        except UnicodeDecodeError:
-            raise UserError(f"--question-file {path} is not UTF-8 text; expected {expected}") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"question file {path}, line {lineno}: not a JSON object per line; "
-                            f"expected {expected}") from None
-        if not isinstance(record, dict):
-            raise UserError(f"question file {path}, line {lineno}: expected a JSON object, got "
-                            f"{type(record).__name__}; expected {expected}")
-        missing = [k for k in required if k not in record]
-        if missing:
-            raise UserError(f"question file {path}, line {lineno}: missing key {missing[0]!r}; expected {expected}")
-        out.append((lineno, record))
-    return out
-
-
-def _image_loader(folder: str, name: str) -> Callable[[], list]:
-    def load() -> list:
-        from mgm.data.image import open_image
-
-        return [open_image(os.path.join(folder, name))]
-
-    return load
-
-
-VQA_FORMAT = AnswerFormat(
-    kind="vqa", runner="model_vqa_loader",
-    required=("question_id", "prompt", "text", "answer_id", "model_id", "metadata"),
-    key_of=lambda r: (r["question_id"], r["prompt"]),
-)
-
-
-def vqa_items(question_file: str, image_folder: str) -> list[EvalItem]:
-    """Items of a LLaVA-style JSONL `{question_id, image, text}` (TextVQA, MME, MM-Vet, POPE, GQA, ...).
-
-    Resume key: (question_id, text) — TextVQA and MME reuse one question_id for several questions.
-    """
-    import shortuuid
-
-    expected = "JSONL lines {question_id, image, text} (LLaVA-style benchmark questions)"
-    items = []
-    for lineno, q in read_question_jsonl(question_file, ("question_id", "image", "text"), expected):
-        if not isinstance(q["text"], str) or not isinstance(q["image"], str):
-            raise UserError(f"question file {question_file}, line {lineno}: 'text' and 'image' must be strings")
-        if isinstance(q["question_id"], (list, dict)):
-            raise UserError(f"question file {question_file}, line {lineno}: 'question_id' must be a string or number")
-
-        def make(answer: str, name: str, q: dict = q) -> dict:
-            return {"question_id": q["question_id"], "prompt": q["text"], "text": answer,
-                    "answer_id": shortuuid.uuid(), "model_id": name, "metadata": {}}
-
-        items.append(EvalItem(key=(q["question_id"], q["text"]), text=q["text"], n_images=1,
-                              load_images=_image_loader(image_folder, q["image"]), make_record=make,
-                              where=f"question file {question_file}, line {lineno}"))
-    return items
-
-
 def entry_point(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
     """A runner module's `main(argv=None, model=None)`: its `run`, with bad input reported as one line on
     stderr (exit status 2) instead of a traceback."""
@@ -653,3 +348,30 @@ def entry_point(run: Callable[..., "RunResult"]) -> Callable[..., "RunResult"]:
 
     main.__doc__ = f"CLI entry of {run.__module__}: `run` with bad input reported as one line on stderr."
     return main
+
+
+def runner_cli(prog: str, doc: str | None, fmt: AnswerFormat, items: Callable[[argparse.Namespace], list[EvalItem]],
+               *, conv_mode: str, max_new_tokens: int, question_file: str = "tables/question.jsonl",
+               add_args: Callable[[argparse.ArgumentParser], None] | None = None,
+               conv_switch: str = "conv") -> tuple[Callable[[], argparse.ArgumentParser], Callable[..., RunResult],
+                                                   Callable[..., RunResult]]:
+    """`(build_parser, run, main)` of a runner module reading `--question-file`.
+
+    The parser has the common flags (with this runner's defaults) plus `add_args(parser)`'s;
+    `run(argv=None, model=None)` answers `items(args)` (a caller may pass an already loaded model);
+    `main` is `run` with bad input reported as one line on stderr.
+    """
+    def build_parser() -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_common_args(parser, conv_mode=conv_mode, max_new_tokens=max_new_tokens, question_file=question_file)
+        if add_args is not None:
+            add_args(parser)
+        return parser
+
+    def run(argv: Sequence[str] | None = None, model: EvalModel | None = None) -> RunResult:
+        """Run the benchmark; `model` lets a caller reuse an already loaded model. Raises UserError on bad input."""
+        args = build_parser().parse_args(argv)
+        return run_benchmark(items(args), fmt, args, question_source=f"--question-file {args.question_file}",
+                             model=model, conv_switch=conv_switch)
+
+    return build_parser, run, entry_point(run)
