@@ -464,9 +464,6 @@ def get_template(name: str) -> Conversation:
 
 
 # ---------------------------------------------------------------------- default template from a config
-_GEMMA_TYPES = {"mgm_gemma", "mini_gemini_gemma", "gemma", "gemma2"}
-_MISTRAL_TYPES = {"mgm_mistral", "mgm_mixtral", "mini_gemini_mistral", "mini_gemini_mixtral",
-                  "mistral", "mixtral"}
 _LLAMA3_BOS_ID = 128000
 _LLAMA3_MIN_VOCAB = 128000
 _YI_VOCAB = 64000  # Yi-34B (MGM-34B) vocabulary size; used only when no tokenizer is given
@@ -486,18 +483,16 @@ def _tokenizer_has(tokenizer: Any, token: str) -> bool:
     return token in vocab
 
 
-def template_for_model_config(config: Any, tokenizer: Any = None) -> str:
-    """The default conversation template name for a model, decided from its config (not its name).
+def resolve_template(config: Any, tokenizer: Any = None) -> str:
+    """The default conversation template name for a model, decided once from its config (not its name).
 
-    - `mgm_gemma` / `mini_gemini_gemma` (and plain gemma): "gemma".
-    - `mgm_mistral` / `mgm_mixtral` and their `mini_gemini_*` names (and plain mistral/mixtral):
-      "mistral_instruct".
-    - llama family (`mgm`, `mini_gemini`, `llama`, anything else): "llama_3" when the model is
+    - a family row with a `default_template` (mgm.model.families) decides: gemma → "gemma",
+      mistral / mixtral (MGM, legacy `mini_gemini_*` and base model types) → "mistral_instruct";
+    - otherwise (the llama family, an unknown model_type) the vocabulary: "llama_3" when the model is
       LLaMA-3 (vocab_size >= 128000, bos_token_id 128000, or the tokenizer knows `<|eot_id|>`);
       "chatml_direct" when the tokenizer knows `<|im_start|>` (Yi; without a tokenizer a vocabulary of
       exactly 64000 is taken as Yi); else "vicuna_v1".
 
-    A family row's `default_template` (mgm.model.families) wins over these rules.
     `config` may be a transformers config or a plain dict (e.g. a parsed config.json).
     """
     model_type = str(_config_get(config, "model_type") or "").lower()
@@ -506,10 +501,6 @@ def template_for_model_config(config: Any, tokenizer: Any = None) -> str:
     family = find_family_for_llm(model_type) if model_type else None
     if family is not None and family.default_template:
         return family.default_template
-    if model_type in _GEMMA_TYPES:
-        return "gemma"
-    if model_type in _MISTRAL_TYPES:
-        return "mistral_instruct"
     vocab_size = _config_get(config, "vocab_size") or 0
     if (
         vocab_size >= _LLAMA3_MIN_VOCAB
@@ -523,3 +514,7 @@ def template_for_model_config(config: Any, tokenizer: Any = None) -> str:
     elif vocab_size == _YI_VOCAB:
         return "chatml_direct"
     return "vicuna_v1"
+
+
+# The name existing call sites use (serve CLI, model worker, eval CLI, tests).
+template_for_model_config = resolve_template
