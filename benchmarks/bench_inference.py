@@ -275,7 +275,7 @@ def decode_tokens(engine, prompt: str, steps: int, batch_cls, request_cls, param
 
 
 def bench_llm(model, bare, engine, embeds, mask, prompt: str, ids: torch.Tensor, steps: int, repeats: int) -> dict:
-    from mgm.serve.engine import ContinuousBatch, GenerationParams, Request
+    from mgm.inference import ContinuousBatch, GenerationParams, Request
 
     def prefill(m):
         return m(inputs_embeds=embeds, attention_mask=mask, use_cache=True, logits_to_keep=1)
@@ -313,7 +313,7 @@ def bench_llm(model, bare, engine, embeds, mask, prompt: str, ids: torch.Tensor,
 def bench_bf16(model, images, images_aux, engine, prompt: str, ids, steps: int, repeats: int, fp32: dict) -> dict:
     """Cast the model to bfloat16 (the one switch: load_pretrained_model(dtype=torch.bfloat16)) and
     compare its speed and outputs with the float32 run."""
-    from mgm.serve.engine import ContinuousBatch, GenerationParams, Request
+    from mgm.inference import ContinuousBatch, GenerationParams, Request
 
     model.to(torch.bfloat16)
     images, images_aux = images.bfloat16(), images_aux.bfloat16()
@@ -350,7 +350,7 @@ SECTIONS = ("mining", "towers", "encode", "llm", "hd", "bf16")
 def bench(name: str, repeats: int, steps: int, sections: tuple[str, ...] = SECTIONS) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mgm.serve.engine import InferenceEngine, Request
+    from mgm.inference import InferenceEngine, Request
 
     with tempfile.TemporaryDirectory() as tmp:
         model, spec = build_model(name, Path(tmp))

@@ -118,3 +118,33 @@ def test_convnext_no_grad_path_equals_stock_blocks():
         stock = tower.stage_maps(x)  # frozen tower, grad mode: the timm blocks' own forward
     assert all(torch.allclose(a, b.detach(), atol=1e-5) for a, b in zip(fast, stock))
     assert tower(x).shape == (2, sum(DIMS), 16, 16)
+
+
+def test_growing_cache_decodes_like_the_dynamic_cache(monkeypatch):
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from mgm.model import kv_cache
+
+    monkeypatch.setattr(kv_cache, "MIN_ROOM", 2)  # reallocate early and often
+
+    torch.manual_seed(7)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64)).eval()
+    ids = torch.randint(0, 64, (2, 5))
+    runs = []
+    with torch.no_grad():
+        for cache in (DynamicCache(), kv_cache.growing_cache()):
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+            tokens, logits = [], []
+            for step in range(40):  # several reallocations
+                nxt = out.logits[:, -1].argmax(-1)
+                tokens.append(nxt)
+                logits.append(out.logits[:, -1])
+                out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+                if step == 3:  # rows leaving, as ContinuousBatch does: keys/values reassigned
+                    for layer in out.past_key_values.layers:
+                        layer.keys, layer.values = layer.keys[:1], layer.values[:1]
+                    out.logits = out.logits[:1]
+            runs.append((torch.cat(tokens), torch.cat(logits), out.past_key_values.get_seq_length()))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][2] == runs[1][2]
+    assert torch.allclose(runs[0][1], runs[1][1], atol=1e-5)

@@ -7,6 +7,7 @@ from mgm.inference.decoding import Row
 from mgm.inference.engine import InferenceEngine
 from mgm.inference.requests import Request
 from mgm.inference.sampling import sample_next, sampling_top_k
+from mgm.model.kv_cache import growing_cache
 
 
 class ContinuousBatch:
@@ -47,8 +48,6 @@ class ContinuousBatch:
         if not rows:
             return
         engine, model = self.engine, self.engine.model
-        from transformers import DynamicCache
-
         inputs = engine.batch_inputs([row.request for row in rows])
         with engine.lock, torch.inference_mode():
             if inputs.images is not None:  # as MGM's generate(): image features spliced in, rows re-padded on the left
@@ -62,7 +61,7 @@ class ContinuousBatch:
             new_mask = new_mask.long()
             positions = (new_mask.cumsum(-1) - 1).masked_fill(new_mask == 0, 1)
             out = model(inputs_embeds=embeds, attention_mask=new_mask, position_ids=positions,
-                        past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                        past_key_values=growing_cache(), use_cache=True, logits_to_keep=1)
             tokens = self._sample(out.logits[:, -1, :], rows)
         self._join(out.past_key_values, new_mask, new_mask.sum(-1), tokens, rows)
         self._route(tokens, rows)

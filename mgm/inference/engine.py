@@ -24,6 +24,7 @@ from mgm.inference.decoding import trim_stop
 from mgm.inference.requests import Request
 from mgm.inference.sampling import pad_token_id
 from mgm.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+from mgm.model.fast_linear import use_onednn_linears
 
 
 @dataclass
@@ -59,6 +60,8 @@ class InferenceEngine:
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
+        # prefill-sized matmuls through oneDNN on CPU (mgm.model.fast_linear; no-grad only, a no-op elsewhere)
+        use_onednn_linears(model)
         self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
         gen_config = getattr(model, "generation_config", None)
         for extra in _as_list(getattr(gen_config, "eos_token_id", None)):
