@@ -1,42 +1,15 @@
 """Convert MM-Vet answers to the `{"v1_<question_id>": answer}` JSON of the official GPT-4 grader.
 
-Run from the repository root (original flags):
-
-    python scripts/convert_mmvet_for_eval.py --src data/MGM-Eval/mm-vet/answers/CKPT/merge.jsonl \\
-        --dst data/MGM-Eval/mm-vet/results/CKPT/CKPT.json
-
-`--src` is the runner JSONL `{question_id, text}`; parent directories of `--dst` are created.
+Kept under its original name and flags; the converter is `mgm.eval.converters.mmvet` (installed with
+the package, so `python -m mgm.eval.converters.mmvet` works without this checkout).
 """
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: repo root importable
 
-from mgm.errors import exit_on_user_error  # noqa: E402
-from mgm.eval.scorer_io import atomic_write_text, read_jsonl  # noqa: E402
-
-
-def convert(src: str, dst: str) -> dict[str, str]:
-    """Write and return `{f"v1_{question_id}": text}` in answers-file order."""
-    result = {f"v1_{rec['question_id']}": rec["text"] for rec in read_jsonl(src, ("question_id", "text"), "--src")}
-    atomic_write_text(dst, json.dumps(result, indent=2))
-    return result
-
-
-@exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> dict[str, str]:
-    p = argparse.ArgumentParser(prog="convert_mmvet_for_eval.py", description="MM-Vet answers -> grader JSON.")
-    p.add_argument("--src", required=True, help="answers JSONL {question_id, text}")
-    p.add_argument("--dst", required=True, help="output JSON for the MM-Vet grader")
-    args = p.parse_args(argv)
-    return convert(args.src, args.dst)
-
+from mgm.eval.converters.mmvet import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

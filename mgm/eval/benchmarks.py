@@ -26,10 +26,12 @@ answers (needs an OpenAI-compatible judge for answers the rules cannot extract),
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mgm.errors import UserError
+from mgm.eval import benchmark_scorers as scorers
 
 MMBENCH_SPLIT = "mmbench_dev_20230712"
 MMMU_CONFIG = str(Path(__file__).resolve().parent / "MMMU" / "eval" / "configs" / "llava1.5.yaml")
@@ -37,10 +39,13 @@ MMMU_CONFIG = str(Path(__file__).resolve().parent / "MMMU" / "eval" / "configs" 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """One benchmark: how to run it and where its files are (templates with {data}, {work}, {ckpt}, {split})."""
+    """One benchmark: its runner module, scorer, converters and files (templates with {data}, {work}, {ckpt},
+    {split}). `scorer(paths, args)` scores the merged answers; `converters` names the modules that turn
+    answers into an external grader's format (also runnable alone with `python -m`)."""
 
     name: str
     runner: str
+    scorer: Callable[[dict, object], None]
     question_file: str | None
     image_folder: str | None
     answers: str
@@ -48,6 +53,7 @@ class Benchmark:
     runner_args: tuple[str, ...] = ()
     split: str | None = None
     extra: dict = field(default_factory=dict)
+    converters: tuple[str, ...] = ()
 
     def paths(self, data_root: str, work_dir: str, ckpt: str, split: str | None = None) -> dict[str, str]:
         """Resolved paths: question_file, image_folder, answers (file or folder), merged (answers file)."""
@@ -62,30 +68,32 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("textvqa", "mgm.eval.model_vqa_loader", "{data}/textvqa/llava_textvqa_val_v051_ocr.jsonl",
+    Benchmark("textvqa", "mgm.eval.model_vqa_loader", scorers.score_textvqa, "{data}/textvqa/llava_textvqa_val_v051_ocr.jsonl",
               "{data}/textvqa/train_images", "{work}/textvqa/answers/{ckpt}", chunked=True,
               extra={"annotation_file": "{data}/textvqa/TextVQA_0.5.1_val.json"}),
-    Benchmark("mme", "mgm.eval.model_vqa_loader", "{data}/MME/llava_mme.jsonl",
+    Benchmark("mme", "mgm.eval.model_vqa_loader", scorers.score_mme, "{data}/MME/llava_mme.jsonl",
               "{data}/MME/MME_Benchmark_release_version", "{data}/MME/answers/{ckpt}.jsonl", chunked=False),
-    Benchmark("mmbench", "mgm.eval.model_vqa_mmbench", "{data}/mmbench/{split}.tsv", None,
+    Benchmark("mmbench", "mgm.eval.model_vqa_mmbench", scorers.score_mmbench, "{data}/mmbench/{split}.tsv", None,
               "{data}/mmbench/answers/{split}/{ckpt}.jsonl", chunked=False, runner_args=("--single-pred-prompt",),
               split=MMBENCH_SPLIT, extra={"upload_dir": "{data}/mmbench/answers_upload/{split}",
-                                          "result_dir": "{data}/mmbench/answers/{split}"}),
-    Benchmark("mmvet", "mgm.eval.model_vqa", "{data}/mm-vet/llava-mm-vet.jsonl", "{data}/mm-vet/images",
+                                          "result_dir": "{data}/mmbench/answers/{split}"},
+              converters=("mgm.eval.converters.mmbench",)),
+    Benchmark("mmvet", "mgm.eval.model_vqa", scorers.score_mmvet, "{data}/mm-vet/llava-mm-vet.jsonl", "{data}/mm-vet/images",
               "{data}/mm-vet/answers/{ckpt}", chunked=True,
-              extra={"results_file": "{data}/mm-vet/results/{ckpt}/{ckpt}.json"}),
-    Benchmark("mmmu", "mgm.eval.MMMU.eval.run_llava", None, None, "{work}/MMMU/answers/{ckpt}", chunked=True,
+              extra={"results_file": "{data}/mm-vet/results/{ckpt}/{ckpt}.json"},
+              converters=("mgm.eval.converters.mmvet",)),
+    Benchmark("mmmu", "mgm.eval.MMMU.eval.run_llava", scorers.score_mmmu, None, None, "{work}/MMMU/answers/{ckpt}", chunked=True,
               runner_args=("--data_path", "{data}/MMMU", "--config_path", MMMU_CONFIG, "--split", "validation"),
               extra={"output_path": "{work}/MMMU/{ckpt}/val.json"}),
-    Benchmark("mmmu_test", "mgm.eval.MMMU.eval.run_llava", None, None, "{work}/MMMU/answers_test/{ckpt}",
+    Benchmark("mmmu_test", "mgm.eval.MMMU.eval.run_llava", scorers.score_mmmu_test, None, None, "{work}/MMMU/answers_test/{ckpt}",
               chunked=True, runner_args=("--data_path", "{data}/MMMU", "--config_path", MMMU_CONFIG, "--split", "test"),
               extra={"output_path": "{work}/MMMU/{ckpt}/test.json"}),
-    Benchmark("math_vista", "mgm.eval.model_math_vista", "{data}/MathVista/testmini.json", "{data}/MathVista",
+    Benchmark("math_vista", "mgm.eval.model_math_vista", scorers.score_math_vista, "{data}/MathVista/testmini.json", "{data}/MathVista",
               "{data}/MathVista/answers/{ckpt}", chunked=True,
               extra={"score_file": "{data}/MathVista/answers/{ckpt}/score.jsonl"}),
-    Benchmark("pope", "mgm.eval.model_vqa_loader", "{data}/pope/llava_pope_test.jsonl", "{data}/pope/val2014",
+    Benchmark("pope", "mgm.eval.model_vqa_loader", scorers.score_pope, "{data}/pope/llava_pope_test.jsonl", "{data}/pope/val2014",
               "{work}/pope/answers/{ckpt}", chunked=True, extra={"annotation_dir": "{data}/pope/coco"}),
-    Benchmark("sqa", "mgm.eval.model_vqa_science", "{data}/scienceqa/llava_test_CQM-A.json",
+    Benchmark("sqa", "mgm.eval.model_vqa_science", scorers.score_sqa, "{data}/scienceqa/llava_test_CQM-A.json",
               "{data}/scienceqa/images/test", "{work}/scienceqa/answers/{ckpt}", chunked=True,
               runner_args=("--single-pred-prompt",), extra={"base_dir": "{data}/scienceqa"}),
 )}

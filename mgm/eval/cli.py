@@ -22,7 +22,6 @@ import argparse
 import importlib
 import json
 import os
-import runpy
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from pathlib import Path
 from mgm.errors import UserError, exit_on_user_error
 from mgm.eval.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding the mgm package (checkout or site-packages)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +146,7 @@ def run_answers(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mo
         procs = []
         for i, shard in enumerate(shard_files):
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)])
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), env.get("PYTHONPATH")]))
             cmd = [sys.executable, "-m", bench.runner, *base, "--answers-file", shard, "--num-chunks", str(n),
                    "--chunk-idx", str(i), "--no-progress"]
             procs.append(subprocess.Popen(cmd, env=env))
@@ -164,64 +163,9 @@ def run_answers(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mo
                 merged.write(f.read())
 
 
-def _script_main(relpath: str):
-    path = REPO_ROOT / relpath
-    if not path.is_file():
-        raise UserError(f"{relpath} not found under {REPO_ROOT}: the converters ship with the repository checkout")
-    return runpy.run_path(str(path), run_name="mgm_eval_script")["main"]
-
-
 def score(bench: Benchmark, paths: dict, args: argparse.Namespace) -> None:
-    """Run the benchmark's scorer(s) on the merged answers, printing what the original scripts print."""
-    merged = paths["merged"]
-    name = bench.name
-    if name == "textvqa":
-        from mgm.eval import eval_textvqa
-
-        eval_textvqa.main(["--annotation-file", paths["annotation_file"], "--result-file", merged])
-    elif name == "mme":
-        from mgm.eval import eval_mme
-
-        eval_mme.main(["--answers-file", merged, "--mme-root", paths["image_folder"]])
-    elif name == "mmbench":
-        os.makedirs(paths["upload_dir"], exist_ok=True)
-        _script_main("scripts/convert_mmbench_for_submission.py")(
-            ["--annotation-file", paths["question_file"], "--result-dir", paths["result_dir"],
-             "--upload-dir", paths["upload_dir"], "--experiment", args.ckpt])
-    elif name == "mmvet":
-        os.makedirs(os.path.dirname(paths["results_file"]), exist_ok=True)
-        _script_main("scripts/convert_mmvet_for_eval.py")(["--src", merged, "--dst", paths["results_file"]])
-    elif name == "mmmu":
-        from mgm.eval.mmmu_utils import eval_result_file
-
-        eval_result_file(["--result_file", merged, "--output_path", paths["output_path"]])
-    elif name == "mmmu_test":
-        from mgm.eval.mmmu_utils import convert_to_test
-
-        convert_to_test(["--result_file", merged, "--output_path", paths["output_path"]])
-    elif name == "math_vista":
-        from mgm.eval.MathVista import calculate_score, extract_answer
-
-        judge = []
-        for flag, value in (("--api_base", args.api_base), ("--api_key", args.api_key),
-                            ("--llm_engine", args.judge_model)):
-            if value:
-                judge += [flag, value]
-        extract_answer.main(["--output_file", merged, *judge])
-        calculate_score.main(["--output_file", merged, "--score_file", paths["score_file"],
-                              "--gt_file", paths["question_file"]])
-    elif name == "pope":
-        from mgm.eval import eval_pope
-
-        eval_pope.main(["--annotation-dir", paths["annotation_dir"], "--question-file", paths["question_file"],
-                        "--result-file", merged])
-    elif name == "sqa":
-        from mgm.eval import eval_science_qa
-
-        out = paths["answers"]
-        eval_science_qa.main(["--base-dir", paths["base_dir"], "--result-file", merged,
-                              "--output-file", os.path.join(out, "output.json"),
-                              "--output-result", os.path.join(out, "result.json")])
+    """Run the benchmark's scorer on the merged answers, printing what the original scripts print."""
+    bench.scorer(paths, args)
 
 
 def _print_list(args: argparse.Namespace) -> None:

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-# A temperature at or below this means greedy decoding. The original worker used `temperature > 0.001`
-# for sampling; its eval runners and CLI used `> 0`. The two differ only for temperatures in
+# A temperature at or below this means greedy decoding. The original worker sampled only above 0.001;
+# its eval runners and CLI sampled above 0. The two differ only for temperatures in
 # (0, 0.001], where sampling is already argmax in all but exact ties.
 GREEDY_MAX_TEMPERATURE = 0.001
 

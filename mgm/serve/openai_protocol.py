@@ -30,6 +30,7 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mgm.inference.sampling import is_greedy
 from mgm.serve.protocol import (
     MAX_TEMPERATURE,
     ImageInputError,
@@ -142,7 +143,7 @@ class ChatCompletionRequest(BaseModel):
             if not any(value == o and type(value) is type(o) or value is o for o in off):
                 raise RequestError(f"`{name}` is not supported by this server ({feature}); leave it out",
                                    param=name)
-        if self.seed is not None and self.temperature > 0.001:
+        if self.seed is not None and not is_greedy(self.temperature):
             raise RequestError("`seed` is not supported with sampling (temperature > 0): batched requests share "
                                "one random generator; use temperature 0 for reproducible answers", param="seed")
 
