@@ -169,7 +169,7 @@ mgm_eval_mmbench() {
 
     mkdir -p "$DATA_ROOT/mmbench/answers_upload/$split"
 
-    "$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmbench_for_submission.py" \
+    "$PYTHON" -m mgm.eval.converters.mmbench \
         --annotation-file "$DATA_ROOT/mmbench/$split.tsv" \
         --result-dir "$DATA_ROOT/mmbench/answers/$split" \
         --upload-dir "$DATA_ROOT/mmbench/answers_upload/$split" \
@@ -202,7 +202,7 @@ mgm_eval_mmvet() {
 
     mkdir -p "$DATA_ROOT/mm-vet/results/$CKPT"
 
-    "$PYTHON" "$MGM_REPO_ROOT/scripts/convert_mmvet_for_eval.py" \
+    "$PYTHON" -m mgm.eval.converters.mmvet \
         --src "$answers/merge.jsonl" \
         --dst "$DATA_ROOT/mm-vet/results/$CKPT/$CKPT.json"
 }
