@@ -35,8 +35,7 @@ def qwen2_family(monkeypatch, tiny_zoo, tmp_path):
         yield entry["path"]
     finally:
         monkeypatch.undo()
-        families.family_classes.cache_clear()
-        families.register_auto_classes()
+        families.family_classes.cache_clear()  # the other rows keep their classes (built once per row)
 
 
 def test_a_family_added_through_the_table_chats(qwen2_family, tmp_path, monkeypatch, capsys):
@@ -58,6 +57,14 @@ def test_a_family_added_through_the_table_chats(qwen2_family, tmp_path, monkeypa
     out = capsys.readouterr().out
     assert rc == 0 and out.count("'outputs':") == 1 and out.rstrip().endswith("exit...")
     assert "<|im_start|>user\\n<image>\\nWhat colour is it?<|im_end|>" in out  # the row's template: ChatML
+
+
+def test_adding_a_row_keeps_the_other_families_classes(tiny_zoo):
+    from mgm.model import families
+
+    before = families.family_classes()["mgm"]
+    families.family_classes.cache_clear()
+    assert families.family_classes()["mgm"] is before
 
 
 def test_zero3_leaf_modules_come_from_the_table():

@@ -104,13 +104,19 @@ def _make_classes(family: Family, prefix: str, model_type: str, config_name: str
 
 
 @cache
+def _row_classes(fam: Family) -> dict[str, tuple[type, type, type]]:
+    """The classes of one row, built once per row (so a row added later leaves the others' classes alone)."""
+    legacy_config = fam.config_name.replace("MGM", "MiniGemini")
+    return {fam.model_type: _make_classes(fam, "MGM", fam.model_type, fam.config_name),
+            fam.legacy_model_type: _make_classes(fam, "MiniGemini", fam.legacy_model_type, legacy_config)}
+
+
+@cache
 def family_classes() -> dict[str, tuple[type, type, type]]:
     """model_type -> (config class, inner model class, causal LM class), current and legacy names."""
     out: dict[str, tuple[type, type, type]] = {}
     for fam in FAMILIES:
-        out[fam.model_type] = _make_classes(fam, "MGM", fam.model_type, fam.config_name)
-        legacy_config = fam.config_name.replace("MGM", "MiniGemini")
-        out[fam.legacy_model_type] = _make_classes(fam, "MiniGemini", fam.legacy_model_type, legacy_config)
+        out.update(_row_classes(fam))
     return out
 
 
