@@ -27,10 +27,6 @@ class Question:
     images: list = field(default_factory=list)
 
 
-def _is_indexed_cuda(device: str) -> bool:
-    return device.startswith("cuda:")
-
-
 class HarnessModel:
     """An MGM checkpoint for an evaluation toolkit (loaded on first use).
 
@@ -61,11 +57,9 @@ class HarnessModel:
             from mgm.model.builder import load_pretrained_model
             from mgm.serve.engine import InferenceEngine
 
-            # "cuda:N" must hold the whole model (one replica per process); device_map="auto" would
-            # spread it over every visible GPU.
-            device_map = None if _is_indexed_cuda(device) else "auto"
+            # "cuda:N" holds the whole model (one replica per process): the loader's own rule
             tokenizer, model, processor, context_len = load_pretrained_model(
-                self.model_path, model_base, name, load_8bit=load_8bit, device=device, device_map=device_map)
+                self.model_path, model_base, name, load_8bit=load_8bit, device=device)
             return InferenceEngine(tokenizer, model, processor, context_len)
 
         self.eval_model = EvalModel(name, loader=load)
@@ -81,7 +75,10 @@ class HarnessModel:
         engine = self.eval_model.engine
         if not self._terminators_set:
             self._terminators_set = True
-            self.eval_model.set_terminators(self.conv_mode)  # the same stop tokens as mgm's runners
+            from mgm.eval.runner import eval_eos_tokens
+
+            for token in eval_eos_tokens(self.conv_mode):  # the same stop tokens as mgm's runners
+                engine.add_eos_token(token)
         return engine
 
     @property
