@@ -166,16 +166,20 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
 def build_image_processor(model):
     """The CLIP tower's processor (from its folder when found, else from the tower's image size)."""
-    from mgm.data.image import ImageProcessor
-
     tower = model.get_vision_tower()
     if tower is None:
         return None
-    folder = model.get_model().tower_dirs.get("vision_tower")
+    return image_processor_for_tower(model.get_model().tower_dirs.get("vision_tower"), tower.config.image_size)
+
+
+def image_processor_for_tower(folder, image_size: int):
+    """The processor of the CLIP tower folder `folder` (None/no preprocessor_config: CLIP's at `image_size`)."""
+    from mgm.data.image import ImageProcessor
+
     if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
         processor = ImageProcessor.from_pretrained(folder)
     else:
-        processor = ImageProcessor.for_image_size(tower.config.image_size)
+        processor = ImageProcessor.for_image_size(image_size)
     processor.image_size_raw = dict(processor.crop_size)
     return processor
 

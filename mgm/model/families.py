@@ -142,6 +142,16 @@ def register_auto_classes() -> None:
         AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
 
 
+def __getattr__(name: str) -> type:
+    """The generated classes by name, so pickle (vLLM ships configs to its worker processes) finds
+    `mgm.model.families.MGMConfig` and friends although they are made by `family_classes()`."""
+    for classes in family_classes().values():
+        for cls in classes:
+            if cls.__name__ == name:
+                return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def classes_for_model_type(model_type: str) -> tuple[type, type, type]:
     """Classes for a config's `model_type`, with an error listing the valid ones."""
     classes = family_classes()

@@ -62,6 +62,10 @@ class LLMSpec:
     legacy_extra: tuple[tuple[str, object], ...] = ()
     generation_eos: tuple[str, ...] = ()
     generation_extra: tuple[tuple[str, object], ...] = ()
+    # Sizes a test may change with `dataclasses.replace(spec, ...)` (vLLM's CPU attention needs head_dim >= 32;
+    # two HD images need more than 512 positions).
+    num_attention_heads: int = NUM_HEADS
+    max_position_embeddings: int = MAX_POSITIONS
 
     def mgm_model_type(self, legacy: bool = False) -> str:
         """`model_type` of the MGM checkpoint: mgm / mgm_gemma / ... or the pre-rename mini_gemini*."""
@@ -87,14 +91,14 @@ class LLMSpec:
         """Keyword arguments of the transformers config class for the tiny model."""
         kw: dict[str, object] = dict(
             vocab_size=vocab_size, hidden_size=HIDDEN_SIZE, intermediate_size=INTERMEDIATE_SIZE,
-            num_hidden_layers=NUM_LAYERS, num_attention_heads=NUM_HEADS,
-            num_key_value_heads=self.num_key_value_heads, max_position_embeddings=MAX_POSITIONS,
+            num_hidden_layers=NUM_LAYERS, num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads, max_position_embeddings=self.max_position_embeddings,
             rms_norm_eps=self.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
             bos_token_id=token_ids["bos_token_id"], eos_token_id=token_ids["eos_token_id"],
             pad_token_id=token_ids.get("pad_token_id"), tie_word_embeddings=self.tied_embeddings,
         )
         if self.explicit_head_dim:
-            kw["head_dim"] = HIDDEN_SIZE // NUM_HEADS
+            kw["head_dim"] = HIDDEN_SIZE // self.num_attention_heads
         kw.update(self.config_extra)
         return kw
 
@@ -117,9 +121,9 @@ class LLMSpec:
             "hidden_size": HIDDEN_SIZE,
             "initializer_range": 0.02,
             "intermediate_size": INTERMEDIATE_SIZE,
-            "max_position_embeddings": MAX_POSITIONS,
+            "max_position_embeddings": self.max_position_embeddings,
             "model_type": self.hf_model_type,
-            "num_attention_heads": NUM_HEADS,
+            "num_attention_heads": self.num_attention_heads,
             "num_hidden_layers": NUM_LAYERS,
             "num_key_value_heads": self.num_key_value_heads,
             "rms_norm_eps": self.rms_norm_eps,
@@ -133,7 +137,7 @@ class LLMSpec:
         if ids.get("pad_token_id") is not None:
             cfg["pad_token_id"] = ids["pad_token_id"]
         if self.explicit_head_dim:
-            cfg["head_dim"] = HIDDEN_SIZE // NUM_HEADS
+            cfg["head_dim"] = HIDDEN_SIZE // self.num_attention_heads
         cfg.update(self.config_extra)
         cfg.update(self.legacy_extra)
         return dict(sorted(cfg.items()))
@@ -175,11 +179,11 @@ def get_llm_spec(family: str) -> LLMSpec:
         raise UserError(f"unknown LLM family {family!r}; valid families: {', '.join(LLM_FAMILIES)}") from None
 
 
-def build_llm(family: str, out_dir: str | Path, seed: int) -> Path:
+def build_llm(family: "str | LLMSpec", out_dir: str | Path, seed: int) -> Path:
     """Write the tiny random base LLM of `family` (weights, config, generation config, tokenizer).
 
     Args:
-        family: one of LLM_FAMILIES.
+        family: one of LLM_FAMILIES, or an LLMSpec (e.g. a table row with other head counts).
         out_dir: folder to write.
         seed: seed of the tokenizer corpus and of the weights.
 
@@ -191,7 +195,8 @@ def build_llm(family: str, out_dir: str | Path, seed: int) -> Path:
 
     from mgm.zoo.tokenizers import build_tokenizer
 
-    spec = get_llm_spec(family)
+    spec = family if isinstance(family, LLMSpec) else get_llm_spec(family)
+    family = spec.family
     out = Path(out_dir)
     build_tokenizer(spec.tokenizer, out, seed)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
