@@ -110,3 +110,13 @@ class MGMForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         self.tower_weight_sources = self.vision.load_checkpoint_weights(self.checkpoint_dir, multimodal)
         loaded |= {f"vision.{name}" for name, _ in self.vision.named_parameters()}
         return loaded
+
+
+def image_features(model: MGMForConditionalGeneration, fields: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The features vLLM scatters into the prompt for processor `fields`, on CPU (per image [T, H]).
+
+    For `vllm.LLM.apply_model(functools.partial(image_features, fields=...))`: it runs in vLLM's
+    worker process, which imports this module (functions are shipped by reference).
+    """
+    with torch.inference_mode():
+        return [f.cpu() for f in model.embed_multimodal(**fields)]

@@ -29,6 +29,7 @@ from vllm.multimodal.processing import (
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.errors import UserError
 from mgm.integrations.vllm.config import image_placeholder_id, local_checkpoint_dir
+from mgm.integrations.vllm.vision import clip_tower_config, tokens_per_image
 from mgm.model.settings import MGMSettings
 
 IMAGE_FIELDS = ("images", "images_aux")
@@ -47,15 +48,7 @@ class MGMProcessingInfo(BaseProcessingInfo):
 
     @cached_property
     def _clip(self):
-        """(CLIP tower folder or None, its CLIPVisionConfig); mgm's error when neither is found."""
-        from mgm.model.vision.registry import clip_config_from, missing_tower_error, resolve_tower_path
-
-        s = self.mgm_settings
-        folder = resolve_tower_path(s.vision_tower, self.checkpoint_dir)
-        clip = clip_config_from(folder, s.vision_tower)
-        if clip is None:
-            raise missing_tower_error("LR (CLIP)", "mm_vision_tower", s.vision_tower, self.checkpoint_dir, None)
-        return folder, clip
+        return clip_tower_config(self.mgm_settings, self.checkpoint_dir)
 
     @cached_property
     def image_processor(self):
@@ -78,11 +71,7 @@ class MGMProcessingInfo(BaseProcessingInfo):
         return {"image": None}
 
     def tokens_per_image(self) -> int:
-        """Visual tokens of one image: P² per LR view (+1 with `cls_patch`), g² crops (+ global view)."""
-        _, clip = self._clip
-        s = self.mgm_settings
-        per_view = (clip.image_size // clip.patch_size) ** 2 + (1 if s.select_feature == "cls_patch" else 0)
-        return per_view * s.num_views
+        return tokens_per_image(self.mgm_settings, self._clip[1])
 
     def image_side(self) -> int:
         """Side of the square the preprocessing resizes to (HR when there is an HR tower)."""

@@ -85,3 +85,20 @@ def check_checkpoint_config(config) -> None:
     if MGMSettings.from_config(config).vision_tower:
         with torch.device("meta"):
             MGMVisionModules(config)
+
+
+def clip_tower_config(settings, checkpoint_dir: str):
+    """(CLIP tower folder or None, its CLIPVisionConfig), resolved as mgm's loader does (mgm's error if absent)."""
+    from mgm.model.vision.registry import clip_config_from, missing_tower_error, resolve_tower_path
+
+    folder = resolve_tower_path(settings.vision_tower, checkpoint_dir)
+    clip = clip_config_from(folder, settings.vision_tower)
+    if clip is None:
+        raise missing_tower_error("LR (CLIP)", "mm_vision_tower", settings.vision_tower, checkpoint_dir, None)
+    return folder, clip
+
+
+def tokens_per_image(settings, clip) -> int:
+    """Visual tokens of one image: P² per LR view (+1 with `cls_patch`) times g² crops (+ the global view)."""
+    per_view = (clip.image_size // clip.patch_size) ** 2 + (1 if settings.select_feature == "cls_patch" else 0)
+    return per_view * settings.num_views

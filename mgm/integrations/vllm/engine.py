@@ -1,0 +1,138 @@
+"""An asynchronous vLLM engine with the surface mgm's worker uses from `InferenceEngine`.
+
+`VLLMEngine` loads an MGM checkpoint in vLLM's `AsyncLLM` (continuous batching, paged KV cache,
+tensor/pipeline parallelism from `engine_args`) and keeps mgm's tokenizer beside it, so prompts are
+tokenised exactly as mgm's engine does (`tokenizer_image_token`) and sent as token ids with one
+placeholder per image. `stream(request)` yields vLLM's outputs as they come (new token ids + text).
+"""
+from __future__ import annotations
+
+import types
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from mgm.errors import UserError
+from mgm.mm_utils import tokenizer_image_token
+from mgm.serve.engine import GenerationParams, Request
+
+
+@dataclass
+class StreamPiece:
+    """One increment of an answer: new token ids, vLLM's text for them, prompt length, finish reason."""
+
+    token_ids: list[int]
+    text: str
+    prompt_tokens: int
+    finish_reason: str | None  # None while more follows
+
+
+class _ModelView:
+    """What the worker reads from `engine.model`: `config.max_position_embeddings` (`context_limit`), here
+    vLLM's `max_model_len` (it may be set below the model's), and whether there is a vision tower (the
+    towers themselves live in vLLM's worker processes)."""
+
+    def __init__(self, max_model_len: int, has_vision: bool) -> None:
+        self.config = types.SimpleNamespace(max_position_embeddings=max_model_len)
+        self.has_vision = has_vision
+
+    def get_vision_tower(self) -> _ModelView | None:
+        return self if self.has_vision else None
+
+
+class VLLMEngine:
+    """vLLM's AsyncLLM over one MGM checkpoint, with mgm's tokenisation and stop tokens."""
+
+    def __init__(self, model_path: str, **engine_args: Any) -> None:
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from mgm.integrations.vllm.config import image_placeholder_id, local_checkpoint_dir
+        from mgm.integrations.vllm.vision import clip_tower_config, tokens_per_image
+        from mgm.model.settings import MGMSettings
+
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **engine_args))
+        config = self.llm.model_config.hf_config
+        self.context_len = int(self.llm.model_config.max_model_len)
+        # the tokenizer as `load_pretrained_model` sets it up (the original's sentencepiece decoding,
+        # <im_patch> & co.), so answers decode to mgm's text
+        from mgm.model.builder import add_image_tokens
+        from mgm.model.families import family_of
+        from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
+
+        folder = local_checkpoint_dir(model_path)
+        self.tokenizer = use_sentencepiece_decoding(AutoTokenizer.from_pretrained(folder), folder,
+                                                    family_of(config.model_type).key)
+        settings = MGMSettings.from_config(config)
+        self.has_vision = bool(settings.vision_tower)
+        if self.has_vision:
+            add_image_tokens(self.tokenizer, config)
+        self.model = _ModelView(self.context_len, self.has_vision)
+        self._tokens_per_image = (tokens_per_image(settings, clip_tower_config(settings, config.name_or_path)[1])
+                                  if self.has_vision else 0)
+        self.placeholder_id = image_placeholder_id(config, self.tokenizer)
+        eos = self.tokenizer.eos_token_id
+        # vLLM adds generation_config.json's eos ids itself; these are the tokenizer's and the template's
+        self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+
+    # -- the InferenceEngine surface the worker and its budget helpers use --------------------------
+    def add_eos_token(self, token: str) -> None:
+        """Also stop on `token` when it is a single vocabulary entry (e.g. `<|eot_id|>`)."""
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in self.eos_ids:
+            self.eos_ids.append(token_id)
+
+    def encode_prompt(self, request: Request) -> torch.Tensor:
+        """mgm's prompt ids (IMAGE_TOKEN_INDEX where each `<image>` is)."""
+        tags = request.prompt.count(DEFAULT_IMAGE_TOKEN)
+        if tags != len(request.images):
+            raise UserError(f"the prompt has {tags} <image> tags but {len(request.images)} images were given")
+        if request.images and not self.has_vision:
+            raise UserError("this model has no vision tower; send text only")
+        return tokenizer_image_token(request.prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+
+    def num_image_tokens(self) -> int:
+        return self._tokens_per_image
+
+    def sampling_params(self, params: GenerationParams):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=params.temperature if params.do_sample else 0.0,
+            top_p=(params.top_p if params.top_p is not None else 1.0) if params.do_sample else 1.0,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, stop_token_ids=list(self.eos_ids),
+            skip_special_tokens=True, output_kind=RequestOutputKind.DELTA)
+
+    def prompt_for(self, request: Request) -> dict[str, Any]:
+        """vLLM prompt: mgm's ids with the placeholder id per image, and the images."""
+        ids = [self.placeholder_id if t == IMAGE_TOKEN_INDEX else t for t in self.encode_prompt(request).tolist()]
+        prompt: dict[str, Any] = {"prompt_token_ids": ids}
+        if request.images:
+            prompt["multi_modal_data"] = {"image": list(request.images)}
+        return prompt
+
+    async def stream(self, request: Request, request_id: str | None = None) -> AsyncIterator[StreamPiece]:
+        """The answer to `request` as increments; leaving the loop early aborts the request in vLLM."""
+        request_id = request_id or uuid.uuid4().hex
+        finished = False
+        try:
+            async for out in self.llm.generate(self.prompt_for(request), self.sampling_params(request.params),
+                                               request_id):
+                choice = out.outputs[0]
+                finished = out.finished
+                reason = None
+                if finished:
+                    reason = "length" if choice.finish_reason == "length" else "stop"
+                yield StreamPiece(list(choice.token_ids), choice.text, len(out.prompt_token_ids or ()), reason)
+        finally:
+            if not finished:
+                await self.llm.abort(request_id)
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
