@@ -29,10 +29,14 @@ from bench_serving import free_port, merge_runs, run_level, tiny_image_data_url,
 ENGINES = ("mgm", "vllm")
 
 
+def served_name(engine: str, model_path: str) -> str:
+    return f"{Path(model_path).name}-{engine}"
+
+
 def worker_command(engine: str, args: argparse.Namespace, model_path: str, port: int, controller: str,
                    log_dir: str) -> list[str]:
     common = ["--port", str(port), "--controller", controller, "--worker", f"http://127.0.0.1:{port}",
-              "--model-path", model_path, "--limit-model-concurrency", str(max(args.concurrency)),
+              "--model-path", model_path, "--model-name", served_name(engine, model_path), "--limit-model-concurrency", str(max(args.concurrency)),
               "--log-dir", log_dir]
     if args.threads:
         common += ["--num-threads", str(args.threads)]
@@ -45,7 +49,7 @@ def worker_command(engine: str, args: argparse.Namespace, model_path: str, port:
 def measure(engine: str, args: argparse.Namespace, model_path: str, controller: str, tmp: str, env: dict) -> list:
     port = free_port()
     proc = subprocess.Popen(worker_command(engine, args, model_path, port, controller, tmp), env=env)
-    model = Path(model_path).name
+    model = served_name(engine, model_path)  # one name per engine: the controller still lists the first one
     try:
         wait_for_model(controller, model, [proc], timeout=args.start_timeout)
         base = f"http://127.0.0.1:{port}/v1"

@@ -5,7 +5,8 @@ and `vllm.LLM(<MGM folder>)` load released checkpoints unchanged. vLLM calls `re
 of its processes; it registers the MGM config classes with transformers, the model class under
 every MGM architecture name, and a config parser that refuses bad checkpoints with mgm's messages.
 Modules: `model` (the vLLM model), `processor` (prompt + image preprocessing), `vision` (mgm's
-towers), `config` (parser, placeholder id), `engine` (an async vLLM engine for mgm's worker).
+towers), `config` (parser, placeholder id), `engine` (an async vLLM engine for mgm's worker),
+`tiny_zoo` (head_dim-32 test checkpoints).
 """
 from __future__ import annotations
 

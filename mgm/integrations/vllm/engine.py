@@ -13,12 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
-from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
-from mgm.errors import UserError
-from mgm.mm_utils import tokenizer_image_token
-from mgm.serve.engine import GenerationParams, Request
+from mgm.constants import IMAGE_TOKEN_INDEX
+from mgm.serve.engine import GenerationParams, InferenceEngine, Request
 
 
 @dataclass
@@ -81,20 +78,9 @@ class VLLMEngine:
         self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
 
     # -- the InferenceEngine surface the worker and its budget helpers use --------------------------
-    def add_eos_token(self, token: str) -> None:
-        """Also stop on `token` when it is a single vocabulary entry (e.g. `<|eot_id|>`)."""
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in self.eos_ids:
-            self.eos_ids.append(token_id)
-
-    def encode_prompt(self, request: Request) -> torch.Tensor:
-        """mgm's prompt ids (IMAGE_TOKEN_INDEX where each `<image>` is)."""
-        tags = request.prompt.count(DEFAULT_IMAGE_TOKEN)
-        if tags != len(request.images):
-            raise UserError(f"the prompt has {tags} <image> tags but {len(request.images)} images were given")
-        if request.images and not self.has_vision:
-            raise UserError("this model has no vision tower; send text only")
-        return tokenizer_image_token(request.prompt, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+    # mgm's own code, over this engine's tokenizer / eos ids / `model.get_vision_tower()`
+    add_eos_token = InferenceEngine.add_eos_token
+    encode_prompt = InferenceEngine.encode_prompt
 
     def num_image_tokens(self) -> int:
         return self._tokens_per_image
