@@ -24,8 +24,9 @@ import uuid
 from typing import Any
 
 from mgm.errors import UserError, exit_on_user_error
-from mgm.serve.batcher import Ticket
-from mgm.serve.engine import Request, _Row
+from mgm.inference.decoding import Row
+from mgm.inference.requests import Request
+from mgm.inference.tickets import Ticket
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.model_worker import ModelWorker, WorkerSettings, build_parser as worker_parser, create_app, \
     settings_from_args
@@ -88,9 +89,9 @@ class VLLMWorker(ModelWorker):
         return ticket
 
     async def _run(self, ticket: Ticket) -> None:
-        """vLLM's tokens through mgm's row logic (`_Row`: incremental decoding that holds back partial
+        """vLLM's tokens through mgm's row logic (`Row`: incremental decoding that holds back partial
         UTF-8, stop strings, eos), so the text is what mgm's own worker would send for those tokens."""
-        row = _Row(self.engine, ticket.request, on_text=ticket.push_text, cancelled=lambda: ticket.cancelled)
+        row = Row(self.engine, ticket.request, on_text=ticket.push_text, cancelled=lambda: ticket.cancelled)
         reason = "cancelled"
         try:
             async for piece in self.engine.stream(ticket.request, f"mgm-{ticket.id}-{uuid.uuid4().hex[:8]}"):

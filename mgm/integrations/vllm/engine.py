@@ -15,7 +15,8 @@ from typing import Any
 
 
 from mgm.constants import IMAGE_TOKEN_INDEX
-from mgm.serve.engine import GenerationParams, InferenceEngine, Request
+from mgm.inference.engine import InferenceEngine
+from mgm.inference.requests import GenerationParams, Request
 
 
 @dataclass
