@@ -50,7 +50,8 @@ def test_batch_with_several_images_per_prompt_matches_engine(checkpoint):
     out = processor(text=prompts, images=[*first, im[2]], return_tensors="pt")
     nested = processor(text=prompts, images=[first, [], [im[2]]], return_tensors="pt")
     requests = [Request(prompts[0], first), Request(prompts[1]), Request(prompts[2], [im[2]])]
-    ids, mask, images, images_aux = engine._batch_inputs(requests)
+    batch_in = engine.batch_inputs(requests)
+    ids, mask, images, images_aux = batch_in.ids, batch_in.mask, batch_in.images, batch_in.images_aux
     for batch in (out, nested):
         assert set(batch) == {"input_ids", "attention_mask", "images", "images_aux"}
         # the engine pads left; the processor pads on the tokenizer's side: compare the real tokens
