@@ -16,11 +16,9 @@ Message forms accepted in `messages` (each item is `[role, message]`):
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 from enum import Enum, auto
-from io import BytesIO
-from typing import Any, Mapping
+from typing import Any
 
 from mgm.errors import UserError
 
@@ -59,19 +57,6 @@ def _message_text(message: Any) -> str:
     if isinstance(message, tuple):
         return message[0]
     return message
-
-
-def _expand_to_square(image, background=(122, 116, 104)):
-    """Pad a PIL image to a square canvas of side max(w, h), centred (same rule as mm_utils.expand2square)."""
-    from PIL import Image
-
-    width, height = image.size
-    if width == height:
-        return image
-    side = max(width, height)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
-    return canvas
 
 
 @dataclasses.dataclass
@@ -224,34 +209,10 @@ class Conversation:
     @staticmethod
     def process_image(image, image_process_mode: str, return_pil: bool = False,
                       image_format: str = "PNG", max_len: int = 1344, min_len: int = 672):
-        """Client-side image preparation of the Gradio demo (MGM_SPEC §3.4).
+        """Client-side image preparation of the Gradio demo (see `mgm.image_ops.prepare_demo_image`)."""
+        from mgm.image_ops import prepare_demo_image
 
-        Mode `Pad` pads to a square with (122, 116, 104); `Default`/`Crop` leave it; `Resize` makes it
-        336x336. Then an image whose longer side exceeds `max_len` is downscaled keeping its aspect.
-        Returns the PIL image or its base64-encoded bytes in `image_format`.
-        """
-        if image_process_mode == "Pad":
-            image = _expand_to_square(image)
-        elif image_process_mode in ("Default", "Crop"):
-            pass
-        elif image_process_mode == "Resize":
-            image = image.resize((336, 336))
-        else:
-            raise ValueError(
-                f"invalid image_process_mode {image_process_mode!r}; expected Pad, Default, Crop or Resize"
-            )
-        if max(image.size) > max_len:
-            long_side, short_side = max(image.size), min(image.size)
-            aspect = long_side / short_side
-            shortest = int(min(max_len / aspect, min_len, short_side))
-            longest = int(shortest * aspect)
-            width, height = image.size
-            image = image.resize((shortest, longest) if height > width else (longest, shortest))
-        if return_pil:
-            return image
-        buffer = BytesIO()
-        image.save(buffer, format=image_format)
-        return base64.b64encode(buffer.getvalue()).decode()
+        return prepare_demo_image(image, image_process_mode, return_pil, image_format, max_len, min_len)
 
     def get_images(self, return_pil: bool = False) -> list:
         """Images of the user turns (even positions from `offset`) that carry a `(text, image, mode)` tuple."""
@@ -463,58 +424,5 @@ def get_template(name: str) -> Conversation:
         ) from None
 
 
-# ---------------------------------------------------------------------- default template from a config
-_LLAMA3_BOS_ID = 128000
-_LLAMA3_MIN_VOCAB = 128000
-_YI_VOCAB = 64000  # Yi-34B (MGM-34B) vocabulary size; used only when no tokenizer is given
-
-
-def _config_get(config: Any, key: str) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key)
-    return getattr(config, key, None)
-
-
-def _tokenizer_has(tokenizer: Any, token: str) -> bool:
-    try:
-        vocab = tokenizer.get_vocab()
-    except Exception:  # a tokenizer-like object without get_vocab: treat as unknown
-        return False
-    return token in vocab
-
-
-def resolve_template(config: Any, tokenizer: Any = None) -> str:
-    """The default conversation template name for a model, decided once from its config (not its name).
-
-    - a family row with a `default_template` (mgm.model.families) decides: gemma → "gemma",
-      mistral / mixtral (MGM, legacy `mini_gemini_*` and base model types) → "mistral_instruct";
-    - otherwise (the llama family, an unknown model_type) the vocabulary: "llama_3" when the model is
-      LLaMA-3 (vocab_size >= 128000, bos_token_id 128000, or the tokenizer knows `<|eot_id|>`);
-      "chatml_direct" when the tokenizer knows `<|im_start|>` (Yi; without a tokenizer a vocabulary of
-      exactly 64000 is taken as Yi); else "vicuna_v1".
-
-    `config` may be a transformers config or a plain dict (e.g. a parsed config.json).
-    """
-    model_type = str(_config_get(config, "model_type") or "").lower()
-    from mgm.model.families import find_family_for_llm  # the family table decides first
-
-    family = find_family_for_llm(model_type) if model_type else None
-    if family is not None and family.default_template:
-        return family.default_template
-    vocab_size = _config_get(config, "vocab_size") or 0
-    if (
-        vocab_size >= _LLAMA3_MIN_VOCAB
-        or _config_get(config, "bos_token_id") == _LLAMA3_BOS_ID
-        or (tokenizer is not None and _tokenizer_has(tokenizer, "<|eot_id|>"))
-    ):
-        return "llama_3"
-    if tokenizer is not None:
-        if _tokenizer_has(tokenizer, "<|im_start|>"):
-            return "chatml_direct"
-    elif vocab_size == _YI_VOCAB:
-        return "chatml_direct"
-    return "vicuna_v1"
-
-
-# The name existing call sites use (serve CLI, model worker, eval CLI, tests).
-template_for_model_config = resolve_template
+# Template choice from a model config lives in mgm.template_choice; these are the names callers import.
+from mgm.template_choice import resolve_template, template_for_model_config  # noqa: E402,F401

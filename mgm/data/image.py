@@ -23,6 +23,7 @@ from PIL import Image
 
 from mgm.constants import MAX_IMAGE_PIXELS
 from mgm.errors import UserError
+from mgm.image_ops import expand2square  # noqa: F401 (re-export: the original mm_utils name)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -121,20 +122,6 @@ def _center_crop(arr: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
         arr, h, w = canvas, canvas.shape[0], canvas.shape[1]
     top, left = (h - crop_h) // 2, (w - crop_w) // 2
     return arr[top: top + crop_h, left: left + crop_w]
-
-
-def expand2square(image: Image.Image, background_color) -> Image.Image:
-    """Pad to a square canvas of side max(w, h), the image centred along its short side."""
-    width, height = image.size
-    if width == height:
-        return image
-    if width > height:
-        result = Image.new(image.mode, (width, width), background_color)
-        result.paste(image, (0, (width - height) // 2))
-        return result
-    result = Image.new(image.mode, (height, height), background_color)
-    result.paste(image, ((height - width) // 2, 0))
-    return result
 
 
 def open_image(source: str | Path | bytes, name: str | None = None, allow_remote: bool = False,
