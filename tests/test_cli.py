@@ -64,6 +64,15 @@ def test_help_names_the_command_typed_and_the_ocr_backend(capsys):
         mgm_main(["chat", "--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: mgm chat ") and "--ocr-backend {auto,rapidocr,paddle}" in out
+
+
+@pytest.mark.parametrize("words", [["serve", "controller"], ["serve", "worker"], ["serve", "web"], ["export"]])
+def test_every_subcommand_help_names_the_words_typed(capsys, words):
+    from mgm.__main__ import main as mgm_main
+
+    with pytest.raises(SystemExit):
+        mgm_main([*words, "--help"])
+    assert capsys.readouterr().out.startswith("usage: mgm " + " ".join(words) + " ")
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert capsys.readouterr().out.startswith("usage: python -m mgm.serve.cli ")

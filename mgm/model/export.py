@@ -31,6 +31,7 @@ from pathlib import Path
 
 from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, PROCESSOR_NAME
 
+from mgm.program import program_name
 from mgm.errors import UserError, exit_on_user_error
 
 MANIFEST = "mgm_export.json"
@@ -277,7 +278,7 @@ With mgm's own loader: `load_pretrained_model("{name}")`, or `mgm chat --model-p
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mgm export", description=__doc__.split("\n\n")[0],
+        prog=program_name("python -m mgm.model.export"), description=__doc__.split("\n\n")[0],
         epilog="The self-contained folder can be moved, copied to another machine or pushed to the hub; "
                "its tower paths are relative to it.", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="checkpoint folder (original layout), or an export with --layout original")

@@ -39,6 +39,7 @@ import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from mgm.program import program_name
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.openai_protocol import (
@@ -374,7 +375,7 @@ def _gateway_error(exc: Exception) -> JSONResponse:
 # --- CLI ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m mgm.serve.controller",
+        prog=program_name("python -m mgm.serve.controller"),
         description="Run the mgm controller: model workers register here, and clients (the Gradio UI, "
                     "test_message, OpenAI clients at /v1) are dispatched to a worker serving their model.")
     parser.add_argument("--host", default="127.0.0.1",

@@ -33,6 +33,7 @@ import httpx
 from PIL import Image
 
 from mgm.conversation import conv_templates
+from mgm.program import program_name
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.logging_utils import build_logger, get_logdir
 from mgm.serve.protocol import MODERATION_MSG, SERVER_ERROR_MSG, iter_chunks
@@ -374,7 +375,7 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
 
 # --- CLI ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mgm.serve.gradio_web_server",
+    p = argparse.ArgumentParser(prog=program_name("python -m mgm.serve.gradio_web_server"),
                                 description="Run the MGM web demo (Gradio) in front of a controller.")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")

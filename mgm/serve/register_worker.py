@@ -17,10 +17,11 @@ import httpx
 
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.security import auth_headers
+from mgm.program import program_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.serve.register_worker",
+    parser = argparse.ArgumentParser(prog=program_name("python -m mgm.serve.register_worker"),
                                      description="Register a running model worker with a controller.")
     parser.add_argument("--controller-address", default="http://127.0.0.1:21001",
                         help="the controller's base URL (default http://127.0.0.1:21001)")

@@ -17,10 +17,11 @@ import httpx
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.protocol import iter_chunks
 from mgm.serve.security import auth_headers
+from mgm.program import program_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mgm.serve.test_message",
+    parser = argparse.ArgumentParser(prog=program_name("python -m mgm.serve.test_message"),
                                      description="Send one chat message to a model worker and print the answer.")
     parser.add_argument("--controller-address", default="http://localhost:21001",
                         help="the controller's base URL (default http://localhost:21001)")

@@ -13,6 +13,7 @@ from mgm.constants import WORKER_HEART_BEAT_INTERVAL
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
 from mgm.serve.security import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from mgm.program import program_name
 
 API_KEY_ENV = "MGM_WORKER_API_KEY"  # the worker key (= the controller's --worker-api-key)
 DEFAULT_GEN_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -93,7 +94,7 @@ class WorkerSettings:
 # --- CLI ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m mgm.serve.model_worker",
+        prog=program_name("python -m mgm.serve.model_worker"),
         description="Serve one MGM model: the original worker protocol for the controller and the web demo, "
                     "plus an OpenAI-compatible /v1/chat/completions. Concurrent requests are batched.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
