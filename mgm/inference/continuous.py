@@ -7,6 +7,7 @@ from mgm.inference.decoding import Row
 from mgm.inference.engine import InferenceEngine
 from mgm.inference.requests import Request
 from mgm.inference.sampling import sample_next, sampling_top_k
+from mgm.model.arch import output_cache
 from mgm.model.kv_cache import growing_cache
 
 
@@ -63,7 +64,7 @@ class ContinuousBatch:
             out = model(inputs_embeds=embeds, attention_mask=new_mask, position_ids=positions,
                         past_key_values=growing_cache(), use_cache=True, logits_to_keep=1)
             tokens = self._sample(out.logits[:, -1, :], rows)
-        self._join(out.past_key_values, new_mask, new_mask.sum(-1), tokens, rows)
+        self._join(output_cache(out), new_mask, new_mask.sum(-1), tokens, rows)
         self._route(tokens, rows)
 
     def step(self) -> None:
@@ -81,7 +82,7 @@ class ContinuousBatch:
             out = model(input_ids=self.next_tokens[:, None], attention_mask=self.mask,
                         position_ids=self.positions[:, None], past_key_values=self.cache, use_cache=True)
             tokens = self._sample(out.logits[:, -1, :], self.rows)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.positions = self.positions + 1
         self.next_tokens = tokens
         self._route(tokens, self.rows)
