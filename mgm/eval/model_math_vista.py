@@ -19,11 +19,11 @@ Records: the problem dict with `query` and `response` set (JSONL), read by
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Mapping
 
 from mgm.errors import UserError
+from mgm.eval.questions import read_question_json
 from mgm.eval.runner import AnswerFormat, EvalItem, runner_cli
 
 HINT_MULTI_CHOICE = ("Hint: Please answer the question and provide the correct option letter, e.g., A, B, C, D, "
@@ -79,19 +79,7 @@ def create_one_query(problem: Mapping) -> str:
 
 
 def load_problems(path: str) -> dict:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise UserError(f"--question-file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"question file {path} is not JSON (line {exc.lineno}); expected {_EXPECTED}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"question file {path} is not UTF-8 text; expected {_EXPECTED}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"question file {path}: expected {_EXPECTED}, got a JSON {type(data).__name__}")
-    return data
+    return read_question_json(path, dict, _EXPECTED)
 
 
 def math_vista_items(question_file: str, image_folder: str) -> list[EvalItem]:

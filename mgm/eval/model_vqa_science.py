@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 
 from mgm.errors import UserError
+from mgm.eval.questions import read_question_json
 from mgm.eval.runner import VQA_FORMAT, EvalItem, runner_cli
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -28,17 +28,7 @@ _EXPECTED = "a JSON list of {id, conversations: [{from, value}, ...], image?} (L
 
 def load_questions(path: str) -> list[dict]:
     path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise UserError(f"--question-file {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"question file {path} is not JSON (line {exc.lineno}): expected {_EXPECTED}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"question file {path} is not UTF-8 text; expected {_EXPECTED}") from None
-    if not isinstance(data, list):
-        raise UserError(f"question file {path}: expected {_EXPECTED}, got a JSON {type(data).__name__}")
+    data = read_question_json(path, list, _EXPECTED)
     for n, q in enumerate(data):
         where = f"question file {path}, entry {n}"
         if not isinstance(q, dict) or "id" not in q:

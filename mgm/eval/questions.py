@@ -19,7 +19,24 @@ def require_pandas():
     return pandas
 
 
-# ------------------------------------------------------------------------- VQA-style question files
+# ------------------------------------------------------------------------- question files
+def read_question_json(path: str, kind: type, expected: str):
+    """A whole-file JSON question file that must hold a `kind` (dict or list); errors name file and format."""
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise UserError(f"--question-file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"question file {path} is not JSON (line {exc.lineno}); expected {expected}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"question file {path} is not UTF-8 text; expected {expected}") from None
+    if not isinstance(data, kind):
+        raise UserError(f"question file {path}: expected {expected}, got a JSON {type(data).__name__}")
+    return data
+
+
 def read_question_jsonl(path: str, required: Sequence[str], expected: str) -> list[tuple[int, dict]]:
     """`(line number, record)` of a JSONL question file; a wrong format is a UserError naming file and line."""
     path = os.path.expanduser(path)

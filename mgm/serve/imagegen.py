@@ -47,17 +47,14 @@ def hidden_prompt(text: str, last: bool) -> str | None:
 
 
 def _resolve_device(device: str) -> str:
+    """The model loader's device rule, except that a missing GPU is an error here (no silent CPU SDXL)."""
     import torch
 
-    if device in ("auto", None):
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    from mgm.model.builder import resolve_device
+
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
-    return device
+    return resolve_device(device)
 
 
 def load_pipeline(path_or_hub_id: str = DEFAULT_GEN_MODEL, device: str = "auto", cpu_offload: bool = False,
