@@ -8,7 +8,7 @@ tree; 3 categories x N images x 2 questions) in a temporary folder, loads MGM-Ti
 measures in this one run, interleaved so drifting machine load hits every variant alike (best of
 --repeats):
 
-* `original loop`: the original runner's algorithm (MGM_SPEC §6.1) — per question: template, open the
+* `original loop`: the original runner's algorithm (docs/original.md#evaluation) — per question: template, open the
   image, HR-first preprocessing with the (copied) processor, `tokenizer_image_token`, a batch-1
   `model.generate`, decode;
 * `runner bs=K`: `python -m mgm.eval.model_vqa_loader --batch-size K` (in-process, --overwrite).

@@ -2,7 +2,7 @@
 
 A `Conversation` holds a system text, two role names and the list of turns, and renders them into the
 exact prompt string the released checkpoints were trained on (`get_prompt`). The strings and the
-rendering rules are a compatibility contract (MGM_SPEC §4.3-4.4): change nothing in them without a
+rendering rules are a compatibility contract (docs/original.md#templates): change nothing in them without a
 golden test.
 
 Never mutate the shared entries of `conv_templates` (or `default_conversation`): take a private copy
@@ -97,7 +97,7 @@ class Conversation:
         return messages
 
     def get_prompt(self) -> str:
-        """Render the conversation into the prompt string of its template (MGM_SPEC §4.3).
+        """Render the conversation into the prompt string of its template (docs/original.md#templates).
 
         A None/empty message is an open turn: only its role header is emitted, so the model continues
         from there. BOS is never part of the string; the tokenizer adds it.
@@ -175,7 +175,7 @@ class Conversation:
         """Append `text` to the end of the LAST user message (e.g. OCR hints or " <GEN>").
 
         This is the correct place for every template (the original worker searched for
-        `###Assistant:` and so misplaced the text for vicuna_v1 and gemma, MGM_SPEC §10.24).
+        `###Assistant:` and so misplaced the text for vicuna_v1 and gemma, docs/original.md#fixed-defects).
         Raises ValueError if the conversation has no user message.
         """
         for turn in reversed(self.messages):

@@ -31,7 +31,7 @@ def process_images(images, image_processor, model_cfg):
 
 def tokenizer_image_token(prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors=None):
     """Tokenise each `<image>`-separated chunk on its own, keep one leading BOS, put `image_token_index`
-    where every `<image>` was (MGM_SPEC §4.2)."""
+    where every `<image>` was (docs/original.md#tokenizer-image-token)."""
     chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
     input_ids: list[int] = []
     offset = 0

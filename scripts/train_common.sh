@@ -1,4 +1,4 @@
-# Shared part of the MGM training recipes; sourced by scripts/<family>/train/*.sh (MGM_SPEC §5.9).
+# Shared part of the MGM training recipes; sourced by scripts/<family>/train/*.sh (docs/original.md#training).
 #
 # Every run is `deepspeed [--hostfile F] mgm/train/train_mem.py` with the flags common to all released
 # recipes (below) plus the recipe's own flags; a flag given later wins, so a recipe can override any

@@ -1,4 +1,4 @@
-"""Golden tests for the prompt templates (MGM_SPEC §4.3-4.4): exact strings, editing helpers, defaults."""
+"""Golden tests for the prompt templates (docs/original.md#templates): exact strings, editing helpers, defaults."""
 from __future__ import annotations
 
 import pytest
@@ -122,7 +122,7 @@ def test_get_template_unknown_name_lists_valid_keys():
     assert isinstance(info.value, UserError) and isinstance(info.value, KeyError)
 
 
-# ---------------------------------------------------------------------- golden generation prompts (§4.4)
+# ---------------------------------------------------------------------- golden generation prompts (docs/original.md#templates)
 IMG_Q = "<image>\n" + Q
 
 

@@ -1,4 +1,4 @@
-"""Patch info mining equals the literal formula; image preprocessing follows MGM_SPEC §3 exactly."""
+"""Patch info mining equals the literal formula; image preprocessing follows docs/original.md#image-preprocessing exactly."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ from mgm.model.mining import build_mining_projectors, group_windows, mine_patche
 
 
 def literal_mining(x, hr, q_proj, k_proj, v_proj):
-    """MGM_SPEC §2.6 written out step by step (the test's own reference)."""
+    """docs/original.md#patch-info-mining written out step by step (the test's own reference)."""
     n, l, d = x.shape
     p = int(math.sqrt(l))
     c, hs, ws = hr.shape[1:]

@@ -91,7 +91,7 @@ def test_clip_from_folder_when_mining_shard_lacks_clip(tiny_zoo, tmp_path):
     assert torch.equal(got, folder.load([key])[key])
 
 
-# -- reference encode_images written from MGM_SPEC §2.6–2.7 -----------------------------------------------
+# -- reference encode_images written from docs/original.md#patch-info-mining -----------------------------------------------
 def ref_mining(x, hr, inner):
     n, l, d = x.shape
     p = int(math.sqrt(l))
@@ -163,7 +163,7 @@ def test_splice_labels_and_gemma_scaling(loaded_models):
         text = model.get_model().embed_tokens(torch.tensor([2, 10, 11, 12]))
     n = feats.shape[0]
     assert embeds.shape == (1, 4 + n, model.config.hidden_size)
-    scale = model.config.hidden_size ** 0.5  # every input row is scaled, image rows included (MGM_SPEC §2.9)
+    scale = model.config.hidden_size ** 0.5  # every input row is scaled, image rows included (docs/original.md#forward-and-generate)
     assert torch.allclose(embeds[0, 2:2 + n], feats * scale, atol=1e-6)
     assert torch.allclose(embeds[0, :2], text[:2]) and torch.allclose(embeds[0, 2 + n:], text[2:])
     assert new_labels[0, 2:2 + n].eq(IGNORE_INDEX).all() and new_labels[0, -2:].tolist() == [11, 12]

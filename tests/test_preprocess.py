@@ -1,4 +1,4 @@
-"""Training-side tokenisation and label masking (MGM_SPEC §4.5, §5.2 step 8, §10.15/17).
+"""Training-side tokenisation and label masking (docs/original.md#label-masking step 8, docs/original.md#fixed-defects/17).
 
 The generic masking of `mgm.data.preprocess` is checked against a literal re-statement of the
 original per-template token arithmetic (test-only reference below), on the tiny tokenizers of every
@@ -103,7 +103,7 @@ def prepare(conversations, has_image, template):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Test-only reference: the ORIGINAL per-template arithmetic of MGM_SPEC §4.5, restated literally.
+# Test-only reference: the ORIGINAL per-template arithmetic of docs/original.md#label-masking, restated literally.
 
 
 def original_preprocess(source, tokenizer, template_name, has_image, tokenizers_ge_0_14=True):
@@ -417,7 +417,7 @@ def test_seeded_v0_template_supervises_only_the_sample_reply(tokenizers):
 
 
 # ---------------------------------------------------------------------------------------------------
-# tokenizer set-up per --version (§5.2 step 8)
+# tokenizer set-up per --version (docs/original.md#training step 8)
 
 
 @pytest.fixture

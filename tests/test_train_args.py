@@ -1,4 +1,4 @@
-"""Training flags (MGM_SPEC §5.1 names and defaults, aliases, YAML presets) and every shipped training script:
+"""Training flags (docs/original.md#training, aliases, YAML presets) and every shipped training script:
 `bash -n`, then a run with a stub launcher whose recorded command line must parse."""
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ def greedy_answer(engine, prompt: str, images: list, max_new_tokens: int) -> str
     return engine.generate([Request(prompt, images, GenerationParams(temperature=0, max_new_tokens=max_new_tokens))])[0]
 
 
-# --- OCR / GEN placement (MGM_SPEC §10.24) -----------------------------------------------------------
+# --- OCR / GEN placement (docs/original.md#fixed-defects) -----------------------------------------------------------
 TEMPLATES = [name for name in conv_templates if assistant_tail(name).strip()]
 
 

@@ -19,7 +19,7 @@ from mgm.zoo.tiny import CHECKPOINTS, build_tiny_zoo, main
 from mgm.zoo.tokenizers import LLAMA3_SPECIAL_TOKENS, chat_special_tokens, family_special_tokens
 
 CLIP_PREFIX = "model.vision_tower.vision_tower."
-MGM_KEYS_RELEASED = {  # MGM_SPEC §2.2, values of released base checkpoints scaled to the tiny towers
+MGM_KEYS_RELEASED = {  # docs/original.md#config-keys, values of released base checkpoints scaled to the tiny towers
     "mm_hidden_size": 32, "mm_hidden_size_aux": 120, "mm_projector_type": "mlp2x_gelu", "use_mm_proj": True,
     "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
     "image_grid_pinpoints": None, "optimize_vision_tower": False, "optimize_vision_tower_aux": False,
@@ -36,7 +36,7 @@ S_USER = ("A chat between a curious user and an artificial intelligence assistan
           "detailed, and polite answers to the user's questions.")
 S_VISION = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
             "the user provides, and assist the user with a variety of tasks using natural language.")
-# Rendered prompts of MGM_SPEC §4.4 (question Q), one per tokenizer, with an answer turn where the template has one.
+# Rendered prompts of docs/original.md#templates (question Q), one per tokenizer, with an answer turn where the template has one.
 PROMPTS = {
     "vicuna": S_USER + " USER: <image>\nWhat is the red circle? ASSISTANT: A dog.</s>USER: Why? ASSISTANT:",
     "mistral": "[INST] <image>\nWhat is the red circle? [/INST] A dog </s><s>[INST] Why? [/INST]",

@@ -1,4 +1,4 @@
-"""Batch assembly for MGM training (MGM_SPEC §5.3 `DataCollatorForSupervisedDataset`).
+"""Batch assembly for MGM training (docs/original.md#training `DataCollatorForSupervisedDataset`).
 
 input_ids are right-padded with the pad id and labels with IGNORE_INDEX, both cut to `model_max_length`;
 the attention mask marks each row's real length (the original compared ids with the pad id, which also

@@ -1,4 +1,4 @@
-"""Training samples from LLaVA conversation files, read lazily (MGM_SPEC §5.3).
+"""Training samples from LLaVA conversation files, read lazily (docs/original.md#training).
 
 A data file is a JSON list or a JSONL file of samples
 `{"id": ..., "image": "rel/path.jpg" | ["a.jpg", "b.jpg"] (optional), "conversations": [{"from": "human" |
@@ -11,7 +11,7 @@ the template rendered and tokenised with the label mask (`mgm.data.preprocess`),
 tensors (`mgm.data.image.image_to_tensors`; zeros for a text-only sample in a multimodal run). It is shared
 by training and `python -m mgm.data.inspect`.
 
-Bad samples are never replaced by other samples (MGM_SPEC §10.16). A missing or corrupt image, a malformed
+Bad samples are never replaced by other samples (docs/original.md#fixed-defects). A missing or corrupt image, a malformed
 conversation or a sample with no supervised token raises `BadSampleError` naming the sample id, its index,
 the data file and the image path. In the training dataset `__getitem__` returns a `BadSample` record instead,
 so that the decision — stop (default) or skip and count (`--skip_bad_samples True`) — is taken in the

@@ -1,4 +1,4 @@
-"""Image loading and preprocessing exactly as the original feeds both towers (MGM_SPEC §3).
+"""Image loading and preprocessing exactly as the original feeds both towers (docs/original.md#image-preprocessing).
 
 One normalised high-res tensor is made with the CLIP processor settings at `image_size_aux` (resize
 shortest edge with PIL bicubic, centre crop, rescale, normalise); the low-res tensor is a plain bilinear
@@ -176,10 +176,10 @@ def load_image_from_base64(image: str) -> Image.Image:
 def image_to_tensors(image: Image.Image | None, processor: ImageProcessor, *, aspect_ratio: str | None,
                      image_size_aux: int | None, grid: int = 1, global_view: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One image -> (LR views, HR tensor) as every consumer of the original builds them (§3.2).
+    """One image -> (LR views, HR tensor) as every consumer of the original builds them (docs/original.md#image-preprocessing).
 
     LR: [3, s, s] (g = 1) or [g²(+1), 3, s, s] (HD, global view last). HR: [3, S, S] or None without
-    an aux tower. `image=None` gives the zero tensors of a text-only sample (§3.4).
+    an aux tower. `image=None` gives the zero tensors of a text-only sample (docs/original.md#image-preprocessing).
     """
     raw = processor.image_size_raw or processor.crop_size
     side = raw["height"]

@@ -5,7 +5,7 @@
 
 Prints the rendered prompt, `input_ids` (-200 where an image goes), `labels` (-100 = not supervised), a
 token table, the supervised text and the image tensor shapes. The tokenizer is set up exactly as training
-sets it up for `--version` (pad-token rules, MGM_SPEC §5.2), and the sample goes through the same code as
+sets it up for `--version` (pad-token rules, docs/original.md#training), and the sample goes through the same code as
 in training (`mgm.data.dataset.SampleEncoder`). With a full MGM checkpoint as `--model-path` the images
 are loaded and preprocessed with its settings; with a bare tokenizer folder only their placeholders are
 tokenised. `--json` prints one JSON object (prompt, input_ids, labels, ...).

@@ -1,6 +1,6 @@
 """Turn one training conversation into `input_ids` + `labels` (only the assistant replies supervised).
 
-One generic routine serves every template (MGM_SPEC §4.5, §10.17). The original counted tokens per
+One generic routine serves every template (docs/original.md#label-masking). The original counted tokens per
 template with hand-tuned offsets (BOS, legacy SentencePiece spaces, tokenizers-version quirks) and
 silently zeroed a sample when its count disagreed. Here:
 
@@ -18,7 +18,7 @@ mistral_instruct), `<|eot_id|>` (llama_3), `<end_of_turn>\\n<eos>` (gemma), `<|i
 chatml_direct), `"\\n"` (plain).
 
 Deviations from the original, on purpose:
-- Multi-image samples keep one `<image>` per image (the original collapsed them into one, §10.15),
+- Multi-image samples keep one `<image>` per image (the original collapsed them into one, docs/original.md#fixed-defects),
   also in the `plain` format; an image sample without a tag gets one on its first human turn.
 - Templates the original sent through its generic "v0" path (SINGLE style such as `llava_v0`,
   `v0_mmtag`; and `phi_2`, `imgsp_v1`) are rendered with their own `get_prompt()` like every other
@@ -74,7 +74,7 @@ def preprocess_multimodal(
     first human turn when no turn has a tag) then starts with one `"<image>\\n"` per image, so the
     number of tags always equals `num_images`. For one image tagged in one turn this is exactly the
     original rule. The original instead put one tag on EVERY tagged turn (several images collapsed
-    into one tag, or one image given several tags, MGM_SPEC §10.15) and left untagged samples untagged
+    into one tag, or one image given several tags, docs/original.md#fixed-defects) and left untagged samples untagged
     (the image was silently unused).
     Then, as in the original: `mmtag` templates wrap each tag as `<Image><image></Image>`, and
     `mm_use_im_start_end` turns it into `<im_start><image><im_end>`.

@@ -1,4 +1,4 @@
-"""Length-grouped and modality-grouped sampling of the original `LLaVATrainer` (MGM_SPEC §5.4).
+"""Length-grouped and modality-grouped sampling of the original `LLaVATrainer` (docs/original.md#training).
 
 Indices are drawn in "megabatches" of `world_size × batch_size` (world_size here counts data-parallel
 ranks × gradient-accumulation steps, as the original passed it); each megabatch is sorted by length and

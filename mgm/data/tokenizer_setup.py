@@ -1,4 +1,4 @@
-"""Pad-token and template choice per `--version`, exactly as the original training did (MGM_SPEC §5.2 step 8).
+"""Pad-token and template choice per `--version`, exactly as the original training did (docs/original.md#training).
 
 The tokenizer is saved with every checkpoint, so these choices are inherited by inference: keep them.
 

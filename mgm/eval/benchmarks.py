@@ -1,4 +1,4 @@
-"""Registry of the evaluation benchmarks: runner, data paths, answer paths and scorer of each (MGM_SPEC §6.3).
+"""Registry of the evaluation benchmarks: runner, data paths, answer paths and scorer of each (docs/original.md#evaluation).
 
 Paths follow the original eval scripts, relative to a data root (default `./data/MGM-Eval`) and a work
 folder (default `./work_dirs`); `{ckpt}` is the checkpoint name the scripts call CKPT (e.g.

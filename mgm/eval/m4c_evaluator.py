@@ -5,7 +5,7 @@
 the mean over the 10 leave-one-out subsets of the 10 human answers of `min(1, matches / 3)`; a
 prediction scores the value of the unique answer it equals, else 0.
 
-Normalisation, in order (MGM_SPEC §6.2):
+Normalisation, in order (docs/original.md#evaluation):
 1. lowercase; remove every "," and "?"; "'s" -> " 's"; strip;
 2. newline / tab -> space; strip;
 3. punctuation: for each character of `PUNCTUATIONS`, if it occurs next to a space (or a
@@ -15,7 +15,7 @@ Normalisation, in order (MGM_SPEC §6.2):
 5. split on whitespace; number words zero..ten and "none" -> digits; articles a/an/the dropped;
    contractions table applied word by word; join with single spaces.
 
-PARITY (MGM_SPEC §10.28) — two quirks of the official code are kept on purpose so scores match:
+PARITY (docs/original.md#fixed-defects) — two quirks of the official code are kept on purpose so scores match:
 * the period regex is written `(?!<=\\d)(\\.)(?!\\d)`: `(?!<=\\d)` is a negative LOOKAHEAD for the
   text "<=digit" (a typo for the lookbehind `(?<!\\d)`); since the next character is the period itself
   it never fires, so the effective rule is "a period not followed by a digit" (`"5."` -> `"5"`,

@@ -1,4 +1,4 @@
-"""MathVista answer extraction and scoring (the vendored MathVista kit of Mini-Gemini, MGM_SPEC §6.2).
+"""MathVista answer extraction and scoring (the vendored MathVista kit of Mini-Gemini, docs/original.md#evaluation).
 
 Extraction (`extract_answer`), per problem without a valid `extraction`:
 empty response -> ""; multiple choice and the response is one of the choices -> the response;

@@ -1,7 +1,7 @@
 """MMMU evaluation kit: subject tables, prompt building, response parsing, scoring and the three CLIs.
 
 Re-implements the upstream MMMU `utils/data_utils.py` + `utils/eval_utils.py` that Mini-Gemini vendored
-(MGM_SPEC §6.2), with the same results:
+(docs/original.md#evaluation), with the same results:
 
 * `parse_multi_choice_response(response, all_choices, index2ans)`: strip , . ! ? ; : ' from both ends
   (in that order), pad with spaces, collect choices written "(X)", else " X ", else (only when the

@@ -1,4 +1,4 @@
-"""`python -m mgm.eval.model_math_vista`: answers for MathVista testmini (MGM_SPEC §6.1).
+"""`python -m mgm.eval.model_math_vista`: answers for MathVista testmini (docs/original.md#evaluation).
 
 Same flags as the original: --model-path --model-base --image-folder --question-file (`testmini.json`,
 a JSON object pid -> problem) --answers-file --conv-mode llava_v0 --num-chunks --chunk-idx

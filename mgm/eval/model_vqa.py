@@ -1,6 +1,6 @@
 """`python -m mgm.eval.model_vqa`: answers for open-ended JSONL benchmarks (MM-Vet style, long answers).
 
-Same flags as the original (MGM_SPEC §6.1): --model-path --model-base --image-folder --question-file
+Same flags as the original (docs/original.md#evaluation): --model-path --model-base --image-folder --question-file
 (JSONL `{question_id, image, text}`) --answers-file --conv-mode llava_v1 --num-chunks --chunk-idx
 --temperature 0.2 --top_p --num_beams 1; answers up to 1024 new tokens (the original's fixed limit,
 here also settable with --max_new_tokens); plus the shared engine's --batch-size, --device, --limit,

@@ -1,6 +1,6 @@
 """`python -m mgm.eval.model_vqa_loader`: answers for LLaVA-style JSONL benchmarks (TextVQA, MME, POPE, GQA).
 
-Same flags and defaults as the original (MGM_SPEC §6.1): --model-path --model-base --image-folder
+Same flags and defaults as the original (docs/original.md#evaluation): --model-path --model-base --image-folder
 --question-file (JSONL `{question_id, image, text}`) --answers-file --conv-mode llava_v1 --num-chunks
 --chunk-idx --temperature 0.2 --top_p --num_beams 1 --load_8bit --max_new_tokens 128; plus the shared
 engine's --batch-size, --device, --limit, --overwrite (see `mgm.eval.runner`).

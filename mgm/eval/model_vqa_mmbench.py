@@ -1,4 +1,4 @@
-"""`python -m mgm.eval.model_vqa_mmbench`: answers for MMBench TSV files (MGM_SPEC §6.1).
+"""`python -m mgm.eval.model_vqa_mmbench`: answers for MMBench TSV files (docs/original.md#evaluation).
 
 Same flags as the original: --model-path --model-base --image-folder (unused) --question-file (MMBench
 TSV: index, question, hint, A, B, C, D, image as base64, ...) --answers-file --conv-mode llava_v1

@@ -1,4 +1,4 @@
-"""`python -m mgm.eval.model_vqa_science`: answers for ScienceQA in LLaVA's JSON format (MGM_SPEC §6.1).
+"""`python -m mgm.eval.model_vqa_science`: answers for ScienceQA in LLaVA's JSON format (docs/original.md#evaluation).
 
 Same flags as the original: --model-path --model-base --image-folder --question-file (JSON list of
 `{id, conversations: [{value: question}, ...], image?}`, default tables/question.json) --answers-file

@@ -1,4 +1,4 @@
-"""The shared answer runner behind every `python -m mgm.eval.model_*` module (MGM_SPEC §6.1).
+"""The shared answer runner behind every `python -m mgm.eval.model_*` module (docs/original.md#evaluation).
 
 Each benchmark module turns its question file into a list of `EvalItem`s (question text, lazy image
 loader, how to build the output record) and hands them to `run_benchmark`, which:
@@ -136,7 +136,7 @@ def resolve_conv_mode(conv_mode: str, model_name: str, keyed_on: str = "conv") -
 
     The original appended `_mmtag` when `plain` was in the conv mode (or, for MMBench, in the model
     name), no "finetune" was in the model name and `mmtag` was not already in the conv mode — naming
-    templates that do not exist (e.g. `plain_mmtag`, MGM_SPEC §10.27). Here the switch happens only
+    templates that do not exist (e.g. `plain_mmtag`, docs/original.md#fixed-defects). Here the switch happens only
     when the target template exists; otherwise the requested template is used as is.
     """
     from mgm.conversation import conv_templates, get_template

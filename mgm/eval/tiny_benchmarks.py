@@ -3,7 +3,7 @@
 Usage:
     python -m mgm.eval.tiny_benchmarks --out DIR [--seed 0]
 
-DIR is laid out like `data/MGM-Eval` (MGM_SPEC §6.3), so `mgm eval <benchmark> --data-root DIR` and
+DIR is laid out like `data/MGM-Eval` (docs/original.md#evaluation), so `mgm eval <benchmark> --data-root DIR` and
 the eval scripts (`DATA_ROOT=DIR`) run on it unchanged:
 
     textvqa/llava_textvqa_val_v051_ocr.jsonl     {question_id (= image_id), image, text} (LLaVA prompt

@@ -1,4 +1,4 @@
-"""The MGM behaviour, written once and mixed into every LLM family (MGM_SPEC §2.6–2.9, DESIGN §3).
+"""The MGM behaviour, written once and mixed into every LLM family (docs/original.md#patch-info-mining, docs/design.md §3).
 
 `MGMMetaModel` is mixed into the family's inner `*Model`: it owns the towers, the projector and the
 three `vlm_uni_*` patch-info-mining modules, all built from config in `__init__` so standard
@@ -81,7 +81,7 @@ class MGMMetaModel:
 
     # -- weights --------------------------------------------------------------------------------
     def load_tower_weights(self, checkpoint_dir: str | None) -> dict[str, str]:
-        """Choose which copy of each tower's weights is used, exactly as the original (MGM_SPEC §2.10.2).
+        """Choose which copy of each tower's weights is used, exactly as the original (docs/original.md#tower-weights).
 
         CLIP: the checkpoint's copy when the shards holding mining/ConvNeXt keys carry the complete CLIP
         key set, else the tower folder. ConvNeXt: the checkpoint's copy only with
@@ -130,7 +130,7 @@ class MGMMetaModel:
         return sources
 
     def load_tower_weights_from_folders(self) -> None:
-        """Fill both towers from their folders (training from a base LLM, MGM_SPEC §2.11)."""
+        """Fill both towers from their folders (training from a base LLM, docs/original.md#init-helpers)."""
         if getattr(self, "vision_tower", None) is not None:
             _load_clip_folder(self.vision_tower, self.tower_dirs["vision_tower"])
         if getattr(self, "vision_tower_aux", None) is not None:
@@ -182,7 +182,7 @@ class MGMMetaForCausalLM:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """HF loading, then the original's choice of which tower weights are used (MGM_SPEC §2.10.2)."""
+        """HF loading, then the original's choice of which tower weights are used (docs/original.md#tower-weights)."""
         result = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = result[0] if kwargs.get("output_loading_info") else result
         if model.get_vision_tower() is not None:
@@ -202,7 +202,7 @@ class MGMMetaForCausalLM:
     def mgm_settings(self) -> MGMSettings:
         return self.get_model().mgm_settings
 
-    # -- image encoding (MGM_SPEC §2.7) --------------------------------------------------------------
+    # -- image encoding (docs/original.md#encode-images) --------------------------------------------------------------
     def unified_resampler(self, images: torch.Tensor, images_aux: torch.Tensor | MultiScaleMap
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR tokens [N, P², D], HR map [N, C, H, W]) -> (LR tokens unchanged, mined [N, P², D])."""
@@ -258,7 +258,7 @@ class MGMMetaForCausalLM:
             feats = feats + self.unified_resampler(feats, self.hr_features(images_aux, feats))[1]
         return inner.mm_projector(feats)
 
-    # -- splicing (MGM_SPEC §2.8) ---------------------------------------------------------------------
+    # -- splicing (docs/original.md#splicing) ---------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, images_aux=None, padding_side: str | None = None):
         """Replace every IMAGE_TOKEN_INDEX by its visual tokens; returns the original 6-tuple.
@@ -306,7 +306,7 @@ class MGMMetaForCausalLM:
             None if orig_labels is None else labels_padded,
         )
 
-    # -- forward / generate (MGM_SPEC §2.9) -----------------------------------------------------------
+    # -- forward / generate (docs/original.md#forward-and-generate) -----------------------------------------------------------
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, images=None, images_aux=None, **kwargs):
         """The original's signature (`past_key_values` kept for its callers; `cache` accepted too)."""

@@ -1,4 +1,4 @@
-"""`load_pretrained_model`: the original entry point for loading an MGM checkpoint (MGM_SPEC §8).
+"""`load_pretrained_model`: the original entry point for loading an MGM checkpoint (docs/original.md#load-pretrained-model).
 
 The family comes from `config.json`'s `model_type`, never from the folder name. Three layouts load:
 a full checkpoint; a projector-only folder (`mm_projector.bin` + `config.json`) over `model_base`;
@@ -156,7 +156,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if "device_map" not in load_kwargs:
         model.to(device)
     _cast_vision_modules(model, dtype, load_8bit or load_4bit)
-    model.eval()  # every module, ConvNeXt drop-path included (MGM_SPEC §10.6)
+    model.eval()  # every module, ConvNeXt drop-path included (docs/original.md#fixed-defects)
     model.requires_grad_(False)
 
     image_processor = build_image_processor(model)
@@ -202,7 +202,7 @@ def _add_image_tokens(model, tokenizer) -> None:
     if model.get_vision_tower() is None:
         return
     add_image_tokens(tokenizer, model.config)
-    # Grow only: shrinking would cut rows a padded vocabulary relies on (MGM_SPEC §10.9).
+    # Grow only: shrinking would cut rows a padded vocabulary relies on (docs/original.md#fixed-defects).
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
 
@@ -217,7 +217,7 @@ def _cast_vision_modules(model, dtype: torch.dtype, quantized: bool) -> None:
 
 
 def _load_adapter_file(model, file: Path) -> None:
-    """Load a stage-1 `mm_projector.bin` (projector + mining (+ towers)) non-strictly (MGM_SPEC §2.10.3)."""
+    """Load a stage-1 `mm_projector.bin` (projector + mining (+ towers)) non-strictly (docs/original.md#stage-1-adapter)."""
     if not file.is_file():
         raise UserError(f"{file} not found: a projector-only folder needs mm_projector.bin")
     state = torch.load(str(file), map_location="cpu", weights_only=True)

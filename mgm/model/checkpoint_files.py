@@ -1,4 +1,4 @@
-"""Read a checkpoint folder's weight files the way the original's loaders saw them (MGM_SPEC §2.10).
+"""Read a checkpoint folder's weight files the way the original's loaders saw them (docs/original.md#checkpoint-layout).
 
 A folder holds sharded safetensors (+ `model.safetensors.index.json`), sharded `.bin` (+ index), or a
 single `model.safetensors` / `pytorch_model.bin`. `CheckpointFiles` maps every key to its file and

@@ -68,7 +68,7 @@ def _make_config(name: str, base: type, model_type: str) -> type:
     def post_init(self, **kwargs):
         # Released Gemma MGM configs say `hidden_act: "gelu"` with no `hidden_activation`; the original
         # ran them with the exact (erf) GELU, which newer GemmaConfig rewrites to the tanh form. Keep the
-        # exact one unless the config names `hidden_activation` explicitly (MGM_SPEC Appendix B).
+        # exact one unless the config names `hidden_activation` explicitly (docs/original.md#transformers-5).
         act = getattr(self, "hidden_act", None)
         explicit = getattr(self, "hidden_activation", None)
         if act == "gelu":

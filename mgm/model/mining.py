@@ -1,4 +1,4 @@
-"""Patch info mining (MGM_SPEC §2.6): each low-res token attends over its high-res window.
+"""Patch info mining (docs/original.md#patch-info-mining): each low-res token attends over its high-res window.
 
 Literal definition, per LR token x and its HR window {a_j} (j < ps²):
     q = Lq(x),  k_j = Wk·LNk(a_j) + bk,  v_j = Wv·LNv(a_j) + bv
@@ -245,7 +245,7 @@ def mine_patches_multiscale(lr: torch.Tensor, hr: MultiScaleMap, query: nn.Seque
 def mine_patches_reference(
     lr: torch.Tensor, hr: torch.Tensor, query: nn.Module, key: nn.Module, value: nn.Module
 ) -> torch.Tensor:
-    """The literal per-window formulation of MGM_SPEC §2.6 (baseline for tests and benchmarks)."""
+    """The literal per-window formulation of docs/original.md#patch-info-mining (baseline for tests and benchmarks)."""
     n, num_tokens, dim = lr.shape
     grid = math.isqrt(num_tokens)
     windows = group_windows(hr.to(lr.dtype), grid)

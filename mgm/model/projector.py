@@ -1,4 +1,4 @@
-"""Vision-language projectors (MGM_SPEC §2.5): `linear`, `mlp{N}x_gelu`, `identity`.
+"""Vision-language projectors (docs/original.md#projectors): `linear`, `mlp{N}x_gelu`, `identity`.
 
 Module indices match the original so state-dict keys are `mm_projector.0.*`, `mm_projector.2.*`, ...
 """

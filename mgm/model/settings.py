@@ -1,8 +1,8 @@
-"""Typed, validated view of the MGM keys of a model config (MGM_SPEC §2.2), read once.
+"""Typed, validated view of the MGM keys of a model config (docs/original.md#config-keys), read once.
 
 The original scattered `getattr(config, key, default)` calls over the model code; here every reader
 goes through `MGMSettings.from_config`, which applies the reader defaults of the original and rejects
-combinations the model cannot run (MGM_SPEC §10.7) with a message naming the key and valid values.
+combinations the model cannot run (docs/original.md#fixed-defects) with a message naming the key and valid values.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class MGMSettings:
             model_max_length=get("tokenizer_model_max_length"),
             tune_mm_mlp_adapter=bool(get("tune_mm_mlp_adapter", False)),
             mm_use_im_start_end=bool(get("mm_use_im_start_end", False)),
-            # The original builder adds <im_patch> when the key is absent (MGM_SPEC §8 step 3).
+            # The original builder adds <im_patch> when the key is absent (docs/original.md#load-pretrained-model).
             mm_use_im_patch_token=bool(get("mm_use_im_patch_token", True)),
             drop_path=bool(get("drop_path", True)),
         )
@@ -79,7 +79,7 @@ class MGMSettings:
         return settings
 
     def validate(self) -> None:
-        """Reject combinations the model cannot run (MGM_SPEC §10.7)."""
+        """Reject combinations the model cannot run (docs/original.md#fixed-defects)."""
         if self.projector_type not in ("linear", "identity") and not _PROJECTOR_RE.match(self.projector_type):
             raise UserError(
                 f"config key mm_projector_type={self.projector_type!r} is unknown; valid: {', '.join(VALID_PROJECTORS)}"

@@ -1,4 +1,4 @@
-"""Interactive (or piped) multi-turn chat with an MGM checkpoint: `python -m mgm.serve.cli` (MGM_SPEC §7.1).
+"""Interactive (or piped) multi-turn chat with an MGM checkpoint: `python -m mgm.serve.cli` (docs/original.md#serving).
 
 Type questions after the prompt; an empty line or end of input exits. Questions may also be piped on
 standard input, one per line, for scripting (it must be UTF-8 text). The template comes from the model's

@@ -1,4 +1,4 @@
-"""The controller: a registry of model workers that dispatches requests to them (MGM_SPEC §7.2).
+"""The controller: a registry of model workers that dispatches requests to them (docs/original.md#serving).
 
     python -m mgm.serve.controller --host 127.0.0.1 --port 21001 --dispatch-method shortest_queue
 
@@ -17,7 +17,7 @@ worker serving the requested model, keys, a request-body limit, and these fixes 
   status poll (every sweep) fails;
 - a worker that cannot be reached is dropped at once and the request goes to another worker of the
   same model (for streams: only before anything was sent to the client);
-- no request to an empty address after a "no worker" answer (§10.26), every worker request has a
+- no request to an empty address after a "no worker" answer (docs/original.md#fixed-defects), every worker request has a
   timeout, worker URLs are normalised (no trailing "/").
 
 `create_app(settings)` builds the FastAPI app (nothing is built at import); `main(argv)` runs it with
@@ -283,7 +283,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
         upstream = await runtime.open_worker(params.model or "", "/worker_generate_stream",
                                              params.model_dump_json().encode(), read="first")
         if upstream is None:
-            # the original went on to POST to "" after this chunk (§10.26); one chunk and done
+            # the original went on to POST to "" after this chunk (docs/original.md#fixed-defects); one chunk and done
             logger.info("no worker: %s", params.model)
             return StreamingResponse(iter([error_chunk(ERROR_NO_WORKER)]))
         if isinstance(upstream, Exception):

@@ -1,4 +1,4 @@
-"""The web demo: a Gradio chat page in front of the controller and its model workers (MGM_SPEC §7.4).
+"""The web demo: a Gradio chat page in front of the controller and its model workers (docs/original.md#serving).
 
     python -m mgm.serve.gradio_web_server --controller-url http://127.0.0.1:21001 --model-list-mode reload
 
@@ -10,7 +10,7 @@ flag buttons, and a clear notice when no worker is up. Runs on Gradio 6 (message
 
 Changes from the original: binds to 127.0.0.1 unless `--host` says otherwise; image generation only
 when the toggle says so (the original also switched it on whenever the prompt contained "generate",
-and for one example, §10.25); the template comes from the worker's status (its model config), with
+and for one example, docs/original.md#fixed-defects); the template comes from the worker's status (its model config), with
 the original's name rules only as a fallback; logs go to `<log dir>/gradio_web_server.log` and the
 chat records to `<log dir>/YYYY-MM-DD-conv.json` (JSON lines) without replacing stdout/stderr; uploaded
 and generated images are kept under `<log dir>/serve_images/YYYY-MM-DD/`.

@@ -1,5 +1,5 @@
 """Reasoning-driven image generation: the model writes a prompt between `<h>` and `</h>`, a diffusers
-text-to-image pipeline draws it (MGM_SPEC §7.1 step 8, §7.3).
+text-to-image pipeline draws it (docs/original.md#serving).
 
 - `load_pipeline(path_or_hub_id, device="auto", cpu_offload=False)`: any diffusers text-to-image
   pipeline (SDXL base by default in the CLI/worker flags) from a local folder or a hub id, on any device;
@@ -21,7 +21,7 @@ from mgm.errors import UserError
 
 DEFAULT_GEN_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 
-# The negative prompt of the original CLI and worker, word for word (MGM_SPEC §7.1).
+# The negative prompt of the original CLI and worker, word for word (docs/original.md#serving).
 NEG = ", ".join([
     "out of frame", "lowres", "text", "error", "cropped", "worst quality", "low quality", "jpeg artifacts",
     "ugly", "duplicate", "morbid", "mutilated", "out of frame", "extra fingers", "mutated hands",

@@ -1,6 +1,6 @@
 """Logging set-up for the mgm servers: a named logger that writes to stderr and to a daily-rotating file.
 
-Unlike the original `build_logger` (MGM_SPEC §9.3, §10.19) this never replaces `sys.stdout` /
+Unlike the original `build_logger` (docs/original.md#utils) this never replaces `sys.stdout` /
 `sys.stderr` and touches no logger but the one it builds; nothing happens at import. The log directory
 is `logdir`, else the environment variable `MGM_LOGDIR`, else "." (the original `LOGDIR`).
 """

@@ -3,7 +3,7 @@
     python -m mgm.serve.model_worker --host 127.0.0.1 --port 21002 \
         --controller http://127.0.0.1:21001 --worker http://127.0.0.1:21002 --model-path PATH
 
-Speaks the original protocol (MGM_SPEC §7.3): `POST /worker_generate_stream` takes `{prompt, images
+Speaks the original protocol (docs/original.md#serving): `POST /worker_generate_stream` takes `{prompt, images
 (base64), temperature, top_p, max_new_tokens, stop, gen_image, use_ocr}` and streams
 `{"text": prompt + answer_so_far, "error_code": 0}` JSON objects, each followed by a NUL byte;
 `POST /worker_get_status` answers `{model_names, speed, queue_length}` (plus `conv_template`, `ocr`,
@@ -15,9 +15,9 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
   running batch at the next token) instead of generated one after another;
   `--limit-model-concurrency` bounds how many are in flight (and the batch size);
 - OCR text and the `<GEN>` tag go at the end of the last user turn for every template (the original
-  looked for `###Assistant:` and misplaced them for vicuna_v1 and gemma, §10.24); OCR and the image
+  looked for `###Assistant:` and misplaced them for vicuna_v1 and gemma, docs/original.md#fixed-defects); OCR and the image
   pipeline are only loaded with `--ocr` / `--gen`; `stop` may be absent;
-- the token budget counts the real number of image tokens (HD checkpoints use 5x576, §10.13);
+- the token budget counts the real number of image tokens (HD checkpoints use 5x576, docs/original.md#fixed-defects);
 - a corrupt or oversized image, a tag/image count mismatch or any malformed body is answered 4xx with
   a JSON body that also carries `text` (what went wrong) and `error_code` (so original clients show it);
 - a prompt longer than the context can hold is refused before it is tokenised (a cheap character

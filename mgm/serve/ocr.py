@@ -1,4 +1,4 @@
-"""OCR hints: read the text in an image so it can be added to the prompt (MGM_SPEC §7.1 step 2, §7.3).
+"""OCR hints: read the text in an image so it can be added to the prompt (docs/original.md#serving).
 
 `build_ocr(backend="auto", device="auto")` returns an object with `.read(image) -> str`: the recognised
 texts with confidence > 0.1, joined by ", " (the original's rule), in reading order. Engines:

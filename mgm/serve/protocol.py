@@ -2,7 +2,7 @@
 
 Every controller/worker endpoint takes and returns JSON. Generation answers are a stream of JSON objects
 `{"text": prompt + generated_so_far, "error_code": N[, "image": base64_jpeg]}`, each followed by one NUL
-byte (MGM_SPEC §7.2, §7.3). This module holds the pydantic models of those bodies, the constants both
+byte (docs/original.md#serving). This module holds the pydantic models of those bodies, the constants both
 sides agree on, helpers to write and parse the stream, and the typed request errors the HTTP layer maps
 to status codes (pure Python + pydantic: no web framework import here).
 """
@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# seconds without a beat before a heart-beat-checked worker is dropped / between a worker's beats (§4.1)
+# seconds without a beat before a heart-beat-checked worker is dropped / between a worker's beats (docs/original.md#templates)
 from mgm.constants import CONTROLLER_HEART_BEAT_EXPIRATION, WORKER_HEART_BEAT_INTERVAL  # noqa: F401 (re-export)
 
-# --- constants shared by controller and workers (MGM_SPEC §7.3, §9.3) --------------------------------
+# --- constants shared by controller and workers (docs/original.md#serving) --------------------------------
 from mgm.constants import MODERATION_MSG, SERVER_ERROR_MSG  # noqa: E402,F401 (re-export)
 EXCEEDS_MAX_TOKENS_MSG = "Exceeds max token length. Please start a new conversation, thanks."
 

@@ -1,4 +1,4 @@
-"""Register a running worker with a controller by hand (MGM_SPEC §7.6).
+"""Register a running worker with a controller by hand (docs/original.md#serving).
 
     python -m mgm.serve.register_worker --controller-address http://127.0.0.1:21001 \
         --worker-name http://127.0.0.1:21002 [--check-heart-beat]

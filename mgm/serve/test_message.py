@@ -1,4 +1,4 @@
-"""Send one test message through the serving stack and print the streamed answer (MGM_SPEC §7.6).
+"""Send one test message through the serving stack and print the streamed answer (docs/original.md#serving).
 
     python -m mgm.serve.test_message --model-name MGM-2B --controller-address http://127.0.0.1:21001
 

@@ -1,4 +1,4 @@
-"""Two-stage MGM training (MGM_SPEC §5): flags, model set-up per stage, trainer, checkpoints, entry points.
+"""Two-stage MGM training (docs/original.md#training): flags, model set-up per stage, trainer, checkpoints, entry points.
 
 Entry points: `python -m mgm.train.train` / `deepspeed mgm/train/train_mem.py` with the original flags
 (see `mgm.train.args`). Submodules are imported explicitly; this package imports nothing on its own.

@@ -1,4 +1,4 @@
-"""Training flags: the original argument dataclasses (MGM_SPEC §5.1), parsed by `HfArgumentParser`.
+"""Training flags: the original argument dataclasses (docs/original.md#training), parsed by `HfArgumentParser`.
 
 Every original flag keeps its name and default; booleans take `True`/`False`. On top of that:
 - `--config preset.yaml`: a YAML mapping `flag: value` read first; flags on the command line override it.

@@ -1,6 +1,6 @@
 """What training writes and reads: stage-1 `mm_projector.bin`, LoRA extras, pretrain-adapter loading, resume.
 
-File layouts follow the original (MGM_SPEC §2.10.3–2.10.4):
+File layouts follow the original (docs/original.md#stage-1-adapter):
 - stage 1: `<out>/mm_projector.bin` (a flat `torch.save` dict of every parameter whose name contains
   `mm_projector`, `vision_resampler`, `vlm_att`, `vlm_uni`, `vision_tower`, `vision_fpn` or
   `vision_stages` — plus the token embeddings with `mm_use_im_start_end` — full keys such as
@@ -14,7 +14,7 @@ files hold whole tensors and every rank ends with the same values.
 
 Resume: a folder is resumable only if it has `trainer_state.json`, optimizer state (`optimizer.pt` or a
 DeepSpeed `global_step*` folder) and weights. The original's stage-1 `checkpoint-N` folders (adapter only)
-and final stage-1 folders are therefore never auto-resumed (MGM_SPEC §10.20); ours also carry the optimizer,
+and final stage-1 folders are therefore never auto-resumed (docs/original.md#fixed-defects); ours also carry the optimizer,
 scheduler and RNG state, so they resume for real.
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ def strip_peft_prefix(name: str) -> str:
 
 
 def adapter_keys(model: nn.Module, include_embeddings: bool = False) -> list[str]:
-    """Names (original full keys) of the parameters `mm_projector.bin` holds (MGM_SPEC §2.10.3)."""
+    """Names (original full keys) of the parameters `mm_projector.bin` holds (docs/original.md#stage-1-adapter)."""
     words = ADAPTER_KEYWORDS + (EMBEDDING_KEYWORDS if include_embeddings else ())
     return [name for name, _ in unwrap(model).named_parameters() if any(w in name for w in words)]
 
@@ -190,7 +190,7 @@ def _load_group(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, f
 
 def load_pretrain_adapter(model: nn.Module, file: str | Path, *, optimize_vision_tower_aux: bool = False
                           ) -> dict[str, int]:
-    """Load a stage-1 `mm_projector.bin` into a stage-2 model, as the original consumers did (MGM_SPEC §2.10.3).
+    """Load a stage-1 `mm_projector.bin` into a stage-2 model, as the original consumers did (docs/original.md#stage-1-adapter).
 
     - projector (`mm_projector.*`): required;
     - mining modules (`vlm_uni_*`): loaded when present (a warning when the model has them and the file not);
@@ -224,7 +224,7 @@ def lora_state_dict(model: nn.Module, bias: str) -> dict[str, torch.Tensor]:
     """LoRA tensors (+ biases per `bias`: 'none', 'all', 'lora_only'), gathered, keyed as PEFT names them.
 
     'lora_only' keeps the biases of the layers that carry LoRA weights (the original's loop for this
-    case was broken, MGM_SPEC §10.21).
+    case was broken, docs/original.md#fixed-defects).
     """
     named = list(model.named_parameters())
     if bias == "none":

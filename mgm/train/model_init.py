@@ -1,7 +1,7 @@
-"""Build the model, tokenizer and image processor of a training stage (MGM_SPEC §5.2 steps 2–11, §2.11).
+"""Build the model, tokenizer and image processor of a training stage (docs/original.md#training).
 
 The LLM family comes from the base folder's `config.json` `model_type` (never from the path text,
-MGM_SPEC §10.5). The MGM model is made in one go: the family's MGM config = the base LLM config + the MGM
+docs/original.md#fixed-defects). The MGM model is made in one go: the family's MGM config = the base LLM config + the MGM
 keys of the flags, then `from_pretrained` on the base folder builds towers, projector and mining modules;
 the towers are filled from their folders, the projector and mining modules get PyTorch's default
 initialisation (as the original created them fresh), and a stage-1 adapter is loaded when given.
@@ -107,7 +107,7 @@ def _pick(flag_value: Any, default: Any, checkpoint_value: Any) -> Any:
 
 
 def mgm_config_values(model_args, data_args, training_args, base: dict) -> dict[str, Any]:
-    """The MGM keys (MGM_SPEC §2.2) the training flags write into the model config."""
+    """The MGM keys (docs/original.md#config-keys) the training flags write into the model config."""
     from mgm.train.args import DataArguments, ModelArguments
 
     md, dd = ModelArguments(), DataArguments()
@@ -195,7 +195,7 @@ def reinit_multimodal_modules(model: nn.Module) -> None:
 
 
 def grow_embeddings(model: nn.Module, tokenizer, mean_init: bool) -> int:
-    """Resize the token embeddings to the tokenizer (never shrink, MGM_SPEC §10.9); new rows = mean of the
+    """Resize the token embeddings to the tokenizer (never shrink, docs/original.md#fixed-defects); new rows = mean of the
     old rows (input and output) when `mean_init`, as the original. Returns the number of new rows."""
     base = unwrap(model)
     emb = base.get_input_embeddings().weight
@@ -215,7 +215,7 @@ def grow_embeddings(model: nn.Module, tokenizer, mean_init: bool) -> int:
 
 
 def add_image_tokens(model: nn.Module, tokenizer, model_args) -> int:
-    """`<im_patch>` and `<im_start>`/`<im_end>` tokens (MGM_SPEC §2.11 initialize_vision_tokenizer)."""
+    """`<im_patch>` and `<im_start>`/`<im_end>` tokens (docs/original.md#init-helpers initialize_vision_tokenizer)."""
     added = 0
     if model_args.mm_use_im_patch_token:
         tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
@@ -424,7 +424,7 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
         if zero3_enabled():
             register_zero3_external_parameters(model)
         if hasattr(model.config, "drop_path"):
-            del model.config.drop_path  # not a key of released configs (MGM_SPEC §2.2); the towers are built
+            del model.config.drop_path  # not a key of released configs (docs/original.md#config-keys); the towers are built
 
     lora = bool(training_args.lora_enable)
     if lora:

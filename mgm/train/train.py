@@ -1,5 +1,5 @@
 """MGM training entry point: `python -m mgm.train.train [flags]`, `torchrun ... mgm/train/train.py`,
-`deepspeed mgm/train/train.py` (MGM_SPEC §5.2). `mgm/train/train_mem.py` is the same with
+`deepspeed mgm/train/train.py` (docs/original.md#training). `mgm/train/train_mem.py` is the same with
 flash-attention-2 when it is installed.
 
 Flow: parse the original flags (`mgm.train.args`) → build the stage's model and tokenizer

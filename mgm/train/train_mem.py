@@ -1,4 +1,4 @@
-"""`deepspeed mgm/train/train_mem.py [flags]`: the original scripts' entry point (MGM_SPEC §5.5).
+"""`deepspeed mgm/train/train_mem.py [flags]`: the original scripts' entry point (docs/original.md#training).
 
 Same as `mgm/train/train.py`, with flash-attention-2 as the default attention when flash-attn is
 installed and CUDA is present (sdpa otherwise, with a warning); `--attn_implementation` overrides it.

@@ -1,11 +1,11 @@
-"""`MGMTrainer`: the HF Trainer with the original `LLaVATrainer` behaviour (MGM_SPEC §5.4), made resumable.
+"""`MGMTrainer`: the HF Trainer with the original `LLaVATrainer` behaviour (docs/original.md#training), made resumable.
 
 - sampler: modality + length grouping with `--group_by_modality_length True` (mgm.data.sampler);
 - optimizer groups: weight decay off for biases and norm weights; `--mm_projector_lr` gives the projector
   its own learning rate, or `--lr_multi substr:mult,...` multiplies the learning rate of matching parameters;
 - stage 1 saves only the adapter (`mm_projector.bin` + `config.json`) where HF would save the model — in
   intermediate `checkpoint-N` folders too, which also get the optimizer, scheduler and RNG state, so resuming
-  restores everything (the original's stage-1 checkpoints could not be resumed, MGM_SPEC §10.20);
+  restores everything (the original's stage-1 checkpoints could not be resumed, docs/original.md#fixed-defects);
 - LoRA checkpoints carry `non_lora_trainables.bin` as well, reloaded on resume;
 - bad samples (see mgm.data.collator): the first one stops training with its id and path, or, with
   `--skip_bad_samples True`, each is logged to `<output_dir>/skipped_samples.jsonl` and counted.
@@ -169,7 +169,7 @@ def load_trainable_from_adapter(model: nn.Module, file: Path) -> None:
 
 def parameter_groups(named: list[tuple[str, torch.Tensor]], decay: set[str], lr: float, weight_decay: float,
                      mm_projector_lr: float | None, lr_multi: dict[str, float]) -> list[dict]:
-    """Optimizer groups of the original LLaVATrainer (MGM_SPEC §5.4); empty groups are dropped.
+    """Optimizer groups of the original LLaVATrainer (docs/original.md#training); empty groups are dropped.
 
     Each group also records `name` for logs and tests.
     """

@@ -1,4 +1,4 @@
-"""Literal writer of MGM checkpoints in the original on-disk layout (MGM_SPEC §2.2, §2.10), plus weight I/O.
+"""Literal writer of MGM checkpoints in the original on-disk layout (docs/original.md#config-keys), plus weight I/O.
 
 This module never imports `mgm.model`: it writes the files the original code wrote, from tensors and dicts,
 so tests of the real loader compare against an independent description of the format.
@@ -6,7 +6,7 @@ so tests of the real loader compare against an independent description of the fo
 Full (stage-2) checkpoint, `build_mgm_checkpoint(...)`:
 - `config.json`: the base LLM's config as transformers 4.36/4.38 wrote it (`rope_theta`, `rope_scaling`,
   `torch_dtype`, ...) + `model_type` (`mgm`, `mgm_gemma`, `mgm_mistral`, `mgm_mixtral`, or the legacy
-  `mini_gemini*`), `architectures` and every MGM key of §2.2 with the released values scaled to the tiny towers.
+  `mini_gemini*`), `architectures` and every MGM key of docs/original.md#config-keys with the released values scaled to the tiny towers.
 - weights: the LLM state dict (same keys as the LLM folder, e.g. Mixtral's `block_sparse_moe.experts.{e}.w1`)
   + `model.mm_projector.{0,2}.*` + the CLIP vision weights under `model.vision_tower.vision_tower.vision_model.*`
   + the ConvNeXt trunk under `model.vision_tower_aux.vision_stem.*` / `vision_stages.*`
@@ -16,7 +16,7 @@ Full (stage-2) checkpoint, `build_mgm_checkpoint(...)`:
 - tokenizer files (with MGM's pad-token changes) and `generation_config.json`.
 
 Stage-1 adapter, `write_stage1_adapter(...)`: `mm_projector.bin` (flat dict, full keys, both towers included,
-§2.10.3) + `config.json`.
+docs/original.md#stage-1-adapter) + `config.json`.
 
 Run `python -m mgm.zoo.tiny --help` to build the whole zoo.
 """
@@ -38,7 +38,7 @@ WEIGHT_FORMATS = ("safetensors", "bin")
 TOWER_MODES = ("same", "perturbed", "none", "partial")
 TOWER_PATH_MODES = ("absolute", "relative")
 
-# Prefixes of the MGM-specific weights in a full checkpoint (MGM_SPEC Appendix A item 2).
+# Prefixes of the MGM-specific weights in a full checkpoint (docs/original.md#checkpoint-layout).
 MGM_PREFIXES: tuple[str, ...] = (
     "model.mm_projector.",
     "model.vision_tower.vision_tower.vision_model.",
@@ -197,7 +197,7 @@ def mgm_config(spec: "LLMSpec", llm_config: dict[str, object], *, clip_hidden: i
                vision_tower_aux: str, hd: bool, image_size_aux: int, model_max_length: int,
                legacy_names: bool = False, stage1: bool = False, dtype: str = "float32",
                name_or_path: str = "") -> dict[str, object]:
-    """config.json of an MGM checkpoint: the base LLM config as released + the MGM keys (MGM_SPEC §2.2).
+    """config.json of an MGM checkpoint: the base LLM config as released + the MGM keys (docs/original.md#config-keys).
 
     Args:
         spec: the LLM family.
@@ -338,7 +338,7 @@ def build_mgm_checkpoint(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str |
 def write_stage1_adapter(out_dir: str | Path, *, spec: "LLMSpec", llm_dir: str | Path, clip_dir: str | Path,
                          convnext_dir: str | Path, seed: int, name: str, model_max_length: int = 512
                          ) -> dict[str, object]:
-    """Write a stage-1 output folder: `mm_projector.bin` + `config.json` (MGM_SPEC §2.10.3).
+    """Write a stage-1 output folder: `mm_projector.bin` + `config.json` (docs/original.md#stage-1-adapter).
 
     `mm_projector.bin` is a `torch.save`d flat dict with full keys: `model.mm_projector.*`, `model.vlm_uni_*`,
     and both towers (`model.vision_tower.vision_tower.vision_model.*`, `model.vision_tower_aux.vision_st*`),

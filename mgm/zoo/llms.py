@@ -43,7 +43,7 @@ class LLMSpec:
     mgm_suffix: str  # "" (mgm), "gemma", "mistral", "mixtral"
     mgm_class_infix: str  # "Llama", "Gemma", "Mistral", "Mixtral"
     display: str  # checkpoint name part, e.g. "Vicuna" -> MGM-Tiny-Vicuna
-    conv_mode: str  # template the released model is used with (MGM_SPEC §4.4)
+    conv_mode: str  # template the released model is used with (docs/original.md#templates)
     num_key_value_heads: int
     rope_theta: float
     rms_norm_eps: float

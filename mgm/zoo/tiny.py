@@ -4,7 +4,7 @@ Usage:
     python -m mgm.zoo.tiny --out DIR [--seed 0] [--families vicuna gemma ...] [--force]
 
 Everything is generated from the seed in a few seconds on a CPU, offline, without importing `mgm.model`
-(the checkpoints are an independent, literal rendering of the original on-disk format, MGM_SPEC §2.2/§2.10),
+(the checkpoints are an independent, literal rendering of the original on-disk format, docs/original.md#config-keys),
 so tests can load them with the real loader and compare. A second run with the same seed and families
 returns the existing `manifest.json` at once (`--force` rebuilds).
 

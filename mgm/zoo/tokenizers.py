@@ -14,7 +14,7 @@ offline and maps every special token of the family to a single id:
 | `yi`      | SentencePiece BPE + ChatML tokens | tokenizer.model + tokenizer.json | `<|startoftext|>`=1 (not added) / `<|im_end|>` / `<unk>`=0; `<|im_start|>`=6, `<|im_end|>`=7 |
 
 `mgm_tokenizer_files(kind, src, dst, model_max_length)` copies a family tokenizer into an MGM checkpoint
-with the changes MGM's training made before saving it (MGM_SPEC §5.2 step 8): pad = unk for
+with the changes MGM's training made before saving it (docs/original.md#training): pad = unk for
 Vicuna/Mistral/Mixtral/Yi, pad = unk = `<|reserved_special_token_0|>` for LLaMA-3, pad untouched for Gemma;
 `padding_side` "right"; `model_max_length` = the training length.
 
@@ -33,7 +33,7 @@ from mgm.errors import UserError
 
 TOKENIZER_KINDS: tuple[str, ...] = ("vicuna", "mistral", "gemma", "llama3", "yi")
 
-# The system prompts and role strings of MGM_SPEC §4.4, so template text tokenises compactly.
+# The system prompts and role strings of docs/original.md#templates, so template text tokenises compactly.
 _TEMPLATE_TEXT: tuple[str, ...] = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.",
@@ -201,7 +201,7 @@ def build_tokenizer(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
 
 
 def mgm_tokenizer_files(kind: str, src: str | Path, dst: str | Path, model_max_length: int) -> Path:
-    """Copy a family tokenizer into an MGM checkpoint as MGM training saved it (MGM_SPEC §5.2 step 8).
+    """Copy a family tokenizer into an MGM checkpoint as MGM training saved it (docs/original.md#training).
 
     Args:
         kind: tokenizer kind of the base LLM.

@@ -107,7 +107,7 @@ def build_clip_tower(out_dir: str | Path, seed: int, spec: ClipTowerSpec = ClipT
 
 
 def clip_preprocessor_config(size: int, style: str = "current") -> dict[str, object]:
-    """preprocessor_config.json of the OpenAI CLIP processor at `size` (MGM_SPEC §3.1)."""
+    """preprocessor_config.json of the OpenAI CLIP processor at `size` (docs/original.md#image-preprocessing)."""
     if style == "legacy":
         return {"crop_size": size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
                 "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(CLIP_MEAN),
@@ -155,7 +155,7 @@ def convnext_open_clip_config(spec: ConvNextTowerSpec = ConvNextTowerSpec()) -> 
 def convnext_trunk_shapes(spec: ConvNextTowerSpec = ConvNextTowerSpec()) -> dict[str, tuple[int, ...]]:
     """Shapes of the timm ConvNeXt trunk parameters, keyed by timm name (`stem.0.weight`, `stages.1...`).
 
-    The names are those of timm's `ConvNeXt` (MGM_SPEC §2.10.1, Appendix B): patch stem conv 4x4/4 + LayerNorm2d;
+    The names are those of timm's `ConvNeXt` (docs/original.md#checkpoint-layout, Appendix B): patch stem conv 4x4/4 + LayerNorm2d;
     stages 1..3 open with LayerNorm2d + conv 2x2/2; each block has a 7x7 depthwise conv, LayerNorm, MLP with
     ratio 4 and a layer-scale `gamma`.
     """

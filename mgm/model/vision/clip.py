@@ -1,4 +1,4 @@
-"""Low-resolution tower: the CLIP ViT of a Hugging Face `CLIPVisionModel` (MGM_SPEC §2.3).
+"""Low-resolution tower: the CLIP ViT of a Hugging Face `CLIPVisionModel` (docs/original.md#lr-tower).
 
 State-dict keys are `vision_tower.vision_model.*` of this module, i.e.
 `model.vision_tower.vision_tower.vision_model.*` in a full checkpoint, exactly as the original saved

@@ -1,4 +1,4 @@
-"""High-resolution tower: the ConvNeXt trunk of an OpenCLIP model (MGM_SPEC §2.4).
+"""High-resolution tower: the ConvNeXt trunk of an OpenCLIP model (docs/original.md#hr-tower).
 
 Only the stem and the four stages are kept (`vision_stem`, `vision_stages`, the original's attribute
 names and hence state-dict keys). Every stage output is resized to the stage-0 map and concatenated:

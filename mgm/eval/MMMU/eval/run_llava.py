@@ -14,13 +14,13 @@ original order), holding either the Hugging Face snapshot files `<split>-NNNNN-o
 subject folder. A non-local `--data_path` (a hub id) is read with `datasets.load_dataset` as the
 original did. Missing subjects are reported and skipped.
 
-Per sample, as the original (MGM_SPEC §6.2): `process_single_sample`, then `construct_prompt` with the
+Per sample, as the original (docs/original.md#evaluation): `process_single_sample`, then `construct_prompt` with the
 YAML config (each config list holds one value); the model sees `<image>\\n<final_input_prompt>` and
 the response is stripped of newlines; multiple-choice responses are parsed with
 `parse_multi_choice_response`, open ones with `parse_open_response`. Records (JSONL):
 `{id, question_type, answer, response, parsed_pred[, index2ans]}`.
 
-Fixes of the original's bugs (MGM_SPEC §10.27): shards split the SAMPLES (the original split the
+Fixes of the original's bugs (docs/original.md#fixed-defects): shards split the SAMPLES (the original split the
 subject list); samples without a usable image get the original's fallback answer (a random choice for
 multiple choice — seeded per sample — or "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS") instead of
 crashing; models without an aux tower work; decoding is greedy by default (the original sampled with
