@@ -52,9 +52,8 @@ def _registering_mapping_class(base: type) -> type:
 
     class RegisteringConfigMapping(base):
         def __contains__(self, key) -> bool:
-            if base.__contains__(self, key) or _registered:
-                return base.__contains__(self, key)
-            register_auto_classes()
+            if not _registered and not base.__contains__(self, key):
+                register_auto_classes()
             return base.__contains__(self, key)
 
         def __getitem__(self, key):
