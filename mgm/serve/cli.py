@@ -128,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[WARNING] the auto inferred conversation mode is {auto_mode}, while `--conv-mode` is "
               f"{args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
     conv = conv_templates[conv_mode].copy()
-    engine = InferenceEngine(tokenizer, model, processor, context_len)
-    stop = conv.stop_strings() if hasattr(conv, "stop_strings") else []
-    for s in stop:
-        engine.add_eos_token(s)
+    stop = conv.stop_strings()
+    engine = InferenceEngine(tokenizer, model, processor, context_len, extra_eos_tokens=stop)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, stop=[s for s in stop if s])
 
