@@ -96,6 +96,12 @@ def test_onednn_linear_equals_f_linear_and_keeps_autograd():
     with torch.no_grad():
         assert torch.allclose(fast_linear.linear(x, layer), F.linear(x, layer.weight, layer.bias), atol=1e-5)
         assert torch.allclose(fast_linear.linear(x, layer, gelu=True), F.gelu(layer(x)), atol=1e-5)
+    one_row = torch.randn(1, 1, 24)  # a decoding step: float32 takes the oneDNN kernel from one row up
+    with torch.no_grad():
+        assert fast_linear._eligible(one_row, layer.weight) == fast_linear._works()
+        assert not fast_linear._eligible(one_row.bfloat16(), layer.weight.bfloat16())  # bf16: F.linear below 32
+        assert torch.allclose(fast_linear.linear(one_row, layer), F.linear(one_row, layer.weight, layer.bias),
+                              atol=1e-5)
     x.requires_grad_()
     fast_linear.linear(x, layer).sum().backward()  # falls back to F.linear when a gradient is needed
     assert torch.allclose(layer.weight.grad, x.detach().sum((0, 1)).expand(40, 24), atol=1e-4)
