@@ -172,19 +172,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def plain_linears():
     """Context: oneDNN linears off (F.linear everywhere), for the reference and the "what it buys" rows."""
-    import contextlib
-
     from mgm.model import fast_linear
 
-    @contextlib.contextmanager
-    def ctx():
-        fast_linear.set_enabled(False)
-        try:
-            yield
-        finally:
-            fast_linear.set_enabled(True)
-
-    return ctx()
+    return fast_linear.stock_linears()
 
 
 def with_plain(fn):

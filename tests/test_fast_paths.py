@@ -100,6 +100,9 @@ def test_onednn_linear_equals_f_linear_and_keeps_autograd():
     with torch.no_grad():
         assert fast_linear._eligible(one_row, layer.weight) == fast_linear._works()
         assert not fast_linear._eligible(one_row.bfloat16(), layer.weight.bfloat16())  # bf16: F.linear below 32
+        with fast_linear.stock_linears():  # the benchmarks' reference: F.linear inside the block only
+            assert not fast_linear._eligible(x, layer.weight)
+        assert fast_linear._eligible(x, layer.weight) == fast_linear._works()
         assert torch.allclose(fast_linear.linear(one_row, layer), F.linear(one_row, layer.weight, layer.bias),
                               atol=1e-5)
     x.requires_grad_()

@@ -6,40 +6,50 @@ layers and head at one token per step; measured with benchmarks/bench_inference.
 _linear_pointwise` (the kernel torch.compile's CPU backend emits) computes the same function, float
 rounding aside, and fuses GELU into the matmul. It has no autograd formula, so `linear` falls back to
 F.linear whenever a gradient may be needed, off CPU, or for dtypes other than float32/bfloat16.
-`set_enabled(False)` turns it off (benchmarks use it to measure what it buys).
+`with stock_linears():` turns it off for the code inside (benchmarks use it to measure what it buys).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import types
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_STATE: dict[str, bool | None] = {"enabled": True, "works": None}
 _DTYPES = (torch.float32, torch.bfloat16)
 MIN_ROWS = {torch.float32: 1, torch.bfloat16: 32}  # below this many rows F.linear is used (see _eligible)
+# Scoped, not global: a `stock_linears()` block affects only its own thread / task.
+_STOCK = contextvars.ContextVar("mgm_stock_linears", default=False)
 
 
-def set_enabled(enabled: bool) -> None:
-    """Use oneDNN linears (True, default) or always F.linear (False)."""
-    _STATE["enabled"] = enabled
+@contextlib.contextmanager
+def stock_linears() -> Iterator[None]:
+    """Inside this block every `linear` is plain F.linear (MKL): the reference the benchmarks compare to."""
+    token = _STOCK.set(True)
+    try:
+        yield
+    finally:
+        _STOCK.reset(token)
 
 
+@functools.cache
 def _works() -> bool:
-    """Whether this torch build has the kernel and it agrees with F.linear (checked once)."""
-    if _STATE["works"] is None:
-        try:
-            x, w, b = torch.randn(3, 8), torch.randn(4, 8), torch.randn(4)
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-            _STATE["works"] = bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            _STATE["works"] = False
-    return bool(_STATE["works"])
+    """Whether this torch build has the kernel and it agrees with F.linear (checked once per process)."""
+    try:
+        gen = torch.Generator().manual_seed(0)  # its own generator: the global RNG stream is left alone
+        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 8), (4, 8), (4,)))
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
+        return bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not _STATE["enabled"] or x.device.type != "cpu" or x.dtype not in _DTYPES or weight.dtype != x.dtype:
+    if _STOCK.get() or x.device.type != "cpu" or x.dtype not in _DTYPES or weight.dtype != x.dtype:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False
