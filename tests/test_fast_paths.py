@@ -157,3 +157,26 @@ def test_growing_cache_decodes_like_the_dynamic_cache(monkeypatch):
             runs.append((torch.cat(tokens), torch.cat(logits), out.past_key_values.get_seq_length()))
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][2] == runs[1][2]
     assert torch.allclose(runs[0][1], runs[1][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_with_the_growing_cache_matches_the_stock_cache(monkeypatch, num_beams):
+    """What InferenceEngine.generate_kwargs hands `model.generate`: same tokens, greedy and beam search
+    (beams reorder the cache through the keys/values setters)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mgm.model import kv_cache
+    from mgm.model.arch import cache_keyword
+
+    monkeypatch.setattr(kv_cache, "MIN_ROOM", 3)
+    torch.manual_seed(8)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64)).eval()
+    ids = torch.randint(1, 64, (2, 6))
+    kwargs = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, num_beams=num_beams, pad_token_id=0)
+    with torch.no_grad():
+        stock = model.generate(ids, **kwargs)
+        cache = kv_cache.growing_cache()
+        grown = model.generate(ids, **kwargs, **{cache_keyword(): cache})
+    assert torch.equal(stock, grown)
+    assert all(isinstance(layer, kv_cache.GrowingLayer) for layer in cache.layers) and cache.layers

@@ -24,7 +24,9 @@ from mgm.inference.decoding import trim_stop
 from mgm.inference.requests import Request
 from mgm.inference.sampling import pad_token_id
 from mgm.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+from mgm.model.arch import cache_keyword
 from mgm.model.fast_linear import use_onednn_linears
+from mgm.model.kv_cache import growing_cache
 
 
 @dataclass
@@ -60,7 +62,8 @@ class InferenceEngine:
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
-        # prefill-sized matmuls through oneDNN on CPU (mgm.model.fast_linear; no-grad only, a no-op elsewhere)
+        # float32 / bf16 matmuls through oneDNN on CPU, prefill and decode (mgm.model.fast_linear; no-grad
+        # only, a no-op elsewhere)
         use_onednn_linears(model)
         self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
         gen_config = getattr(model, "generation_config", None)
@@ -139,8 +142,10 @@ class InferenceEngine:
         return BatchInputs(ids.to(self.device), mask.to(self.device), images, images_aux)
 
     def generate_kwargs(self) -> dict:
-        """End-of-sequence and pad ids every `model.generate` call of this engine passes."""
-        return dict(eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id, use_cache=True)
+        """What every `model.generate` call of this engine passes: end-of-sequence and pad ids, and a fresh
+        KV cache that appends in place (`mgm.model.kv_cache`; the stock one copies itself every token)."""
+        return {"eos_token_id": self.eos_ids or None, "pad_token_id": self.pad_id, "use_cache": True,
+                cache_keyword(): growing_cache()}
 
     # -- generation -----------------------------------------------------------------------------------
     def generate_ids(self, requests: list[Request]) -> torch.Tensor:
