@@ -116,10 +116,12 @@ def test_onednn_linear_equals_f_linear_and_keeps_autograd():
 
 
 def test_convnext_no_grad_path_equals_stock_blocks():
-    from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
+    from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower, fast_block
 
     torch.manual_seed(6)
     tower = ConvNeXtTower(ConvNeXtSpec((1, 2, 1, 1), DIMS, ls_init_value=0.5)).eval()
+    # every block of the installed timm takes the fused path (timm >= 1.0 builds them with its own GELU)
+    assert all(fast_block(block) for stage in tower.vision_stages for block in stage.blocks)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         fast = tower.stage_maps(x)

@@ -153,14 +153,27 @@ class ConvNeXtTower(nn.Module):
             return self.features(images).dense().to(images.dtype)
 
 
+def _exact_gelu(act: nn.Module) -> bool:
+    """torch's exact GELU, or timm's own GELU module (timm >= 1.0 builds its blocks with it: F.gelu inside)."""
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    from timm.layers.activations import GELU as TimmGELU
+
+    return type(act) is TimmGELU
+
+
+def fast_block(block: nn.Module) -> bool:
+    """Whether `_block_eval` computes this block itself (else the block's own forward runs)."""
+    return (not block.use_conv_mlp and block.gamma is not None and isinstance(block.shortcut, nn.Identity)
+            and isinstance(block.mlp.norm, nn.Identity) and _exact_gelu(block.mlp.act)
+            and (not block.training or isinstance(block.drop_path, nn.Identity)))
+
+
 def _block_eval(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A timm ConvNeXtBlock without autograd: x + γ ⊙ fc2(GELU(fc1(LN(dwconv(x))))) in channels_last,
     GELU fused into fc1 and γ and the residual into one addcmul. Other block variants (conv MLP,
     strided shortcut, active drop-path, no layer scale) run their own forward."""
-    simple = (not block.use_conv_mlp and block.gamma is not None and isinstance(block.shortcut, nn.Identity)
-              and isinstance(block.mlp.norm, nn.Identity) and isinstance(block.mlp.act, nn.GELU)
-              and block.mlp.act.approximate == "none" and (not block.training or isinstance(block.drop_path, nn.Identity)))
-    if not simple:
+    if not fast_block(block):
         return block(x)
     y = block.conv_dw(x).permute(0, 2, 3, 1)  # a view when x is channels_last: [N, H, W, C]
     y = F.layer_norm(y, block.norm.normalized_shape, block.norm.weight, block.norm.bias, block.norm.eps)
