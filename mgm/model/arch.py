@@ -310,7 +310,7 @@ class MGMMetaForCausalLM:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, images=None, images_aux=None, **kwargs):
         """The original's signature (`past_key_values` kept for its callers; `cache` accepted too)."""
-        cache = _take_cache(past_key_values, kwargs)
+        cache = _take_cache(past_key_values, kwargs.pop("cache", None))
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, cache, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -347,8 +347,9 @@ class MGMMetaForCausalLM:
                                 inputs_embeds=inputs_embeds, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None,
-                                      images=None, images_aux=None, **kwargs):
-        cache = _take_cache(past_key_values, kwargs)
+                                      images=None, images_aux=None, *, cache=None, **kwargs):
+        # `cache` named here: generate() checks its model kwargs against this signature and forward's
+        cache = _take_cache(past_key_values, cache)
         inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds,
                                                        **{cache_keyword(): cache}, **kwargs)
         if images is not None:
@@ -371,9 +372,8 @@ def output_cache(output):
     return getattr(output, cache_keyword())
 
 
-def _take_cache(past_key_values, kwargs: dict):
-    """One cache from the original's `past_key_values` or transformers' `cache` (popped from kwargs)."""
-    cache = kwargs.pop("cache", None)
+def _take_cache(past_key_values, cache):
+    """One cache from the original's `past_key_values` or transformers' `cache`."""
     if cache is not None and past_key_values is not None:
         raise TypeError("pass the KV cache as `cache` or as `past_key_values`, not both")
     return past_key_values if cache is None else cache
