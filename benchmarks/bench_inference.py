@@ -17,7 +17,7 @@ shapes in seconds (a smoke test; its numbers mean nothing). Rows (median of --re
   prefill_llm   the LLM forward over the spliced prompt (one image), mgm vs the bare HF LLM
   decode        ms/token of the engine's per-token path (ContinuousBatch.step) vs HF `generate` with
                 `inputs_embeds` on the bare LLM with the same weights (timed per token by a streamer,
-                prefill excluded), same prompt length
+                prefill excluded), same prompt length; "mgm_f.linear" is the engine with oneDNN off
   peak_rss      peak resident memory of each encode (VmHWM, reset before each measurement)
   bf16          the same model cast to bf16 afterwards: its speed, and its accuracy against float32
                 (relative error of encode features and prefill logits, greedy-token agreement)
