@@ -8,6 +8,8 @@ folder name.
 """
 from __future__ import annotations
 
+import functools
+
 import re
 from dataclasses import dataclass
 
@@ -157,9 +159,15 @@ def _exact_gelu(act: nn.Module) -> bool:
     """torch's exact GELU, or timm's own GELU module (timm >= 1.0 builds its blocks with it: F.gelu inside)."""
     if isinstance(act, nn.GELU):
         return act.approximate == "none"
-    from timm.layers.activations import GELU as TimmGELU
+    return type(act) is _timm_gelu()
 
-    return type(act) is TimmGELU
+
+@functools.cache
+def _timm_gelu() -> type:
+    """timm's GELU class, looked up once (the check runs for every block of every forward)."""
+    from timm.layers.activations import GELU
+
+    return GELU
 
 
 def fast_block(block: nn.Module) -> bool:
