@@ -371,13 +371,19 @@ def bench(name: str, repeats: int, steps: int, sections: tuple[str, ...] = SECTI
 
     from mgm.inference import InferenceEngine, Request
 
+    from mgm.model import cpu_probe
+    from mgm.model.fast_linear import use_fast_linears
+
     with tempfile.TemporaryDirectory() as tmp:
         model, spec = build_model(name, Path(tmp))
+    use_fast_linears(model)  # what load_pretrained_model does on CPU
     inner = model.get_model()
     side, side_aux = spec["clip"]["image_size"], spec["image_size_aux"]
     torch.manual_seed(2)
     images, images_aux = torch.randn(1, 3, side, side), torch.randn(1, 3, side_aux, side_aux)
-    out: dict = {"config": name, "threads": torch.get_num_threads()}
+    out: dict = {"config": name, "threads": torch.get_num_threads(), "cpu": cpu_probe.describe(),
+                 "kernels": {str(dt).removeprefix("torch."): cpu_probe.linear_plan(dt)
+                             for dt in (torch.float32, torch.bfloat16)}}
     if "mining" in sections:
         out["mining"] = bench_mining(model, repeats)
         progress("mining", out["mining"])
@@ -435,8 +441,11 @@ TARGETS = {"mining": 0.05, "encode": 0.5, "decode": 0.8}
 
 def print_report(result: dict) -> None:
     print(f"== {result['config']} ({result['threads']} threads; medians) ==")
+    print(f"  cpu          {result['cpu']}")
+    print("  kernels      " + "; ".join(f"{dt}: " + ", ".join(f"{rows} row(s) {k}" for rows, k in plan.items())
+                                        for dt, plan in result["kernels"].items()))
     for section, rows in result.items():
-        if not isinstance(rows, dict):
+        if not isinstance(rows, dict) or section == "kernels":
             continue
         cells = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rows.items())
         target = TARGETS.get(section)

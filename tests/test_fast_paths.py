@@ -89,30 +89,25 @@ def test_hd_crops_mined_on_one_grid_equal_crop_by_crop(modules):
     assert rel(ours, ref) < 1e-5
 
 
-def test_onednn_linear_equals_f_linear_and_keeps_autograd():
+def test_fast_linear_equals_f_linear_and_keeps_autograd():
     torch.manual_seed(5)
     layer = torch.nn.Linear(24, 40)
     x = torch.randn(3, 7, 24)
     with torch.no_grad():
         assert torch.allclose(fast_linear.linear(x, layer), F.linear(x, layer.weight, layer.bias), atol=1e-5)
         assert torch.allclose(fast_linear.linear(x, layer, gelu=True), F.gelu(layer(x)), atol=1e-5)
-    one_row = torch.randn(1, 1, 24)  # a decoding step: float32 takes the oneDNN kernel from one row up
-    with torch.no_grad():
-        assert fast_linear._eligible(one_row, layer.weight) == fast_linear._works()
-        assert not fast_linear._eligible(one_row.bfloat16(), layer.weight.bfloat16())  # bf16: F.linear below 32
-        with fast_linear.stock_linears():  # the benchmarks' reference: F.linear inside the block only
-            assert not fast_linear._eligible(x, layer.weight)
-        assert fast_linear._eligible(x, layer.weight) == fast_linear._works()
+        one_row = torch.randn(1, 1, 24)  # a decoding step
         assert torch.allclose(fast_linear.linear(one_row, layer), F.linear(one_row, layer.weight, layer.bias),
                               atol=1e-5)
+        plan = fast_linear.kernel_plan(torch.float32)
+        assert fast_linear._kernel(x, layer.weight) is fast_linear.KERNELS[plan["few"]]  # 21 rows
+        assert fast_linear._kernel(one_row, layer.weight) is fast_linear.KERNELS[plan["one"]]
+        with fast_linear.stock_linears():  # the benchmarks' reference: F.linear inside the block only
+            assert fast_linear._kernel(x, layer.weight) is fast_linear.KERNELS["stock"]
     x.requires_grad_()
-    fast_linear.linear(x, layer).sum().backward()  # falls back to F.linear when a gradient is needed
+    assert fast_linear._kernel(x, layer.weight) is fast_linear.KERNELS["stock"]  # a gradient is needed
+    fast_linear.linear(x, layer).sum().backward()
     assert torch.allclose(layer.weight.grad, x.detach().sum((0, 1)).expand(40, 24), atol=1e-4)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    ref = model(torch.ones(1, 4))
-    assert fast_linear.use_onednn_linears(model) == 2 and fast_linear.use_onednn_linears(model) == 0
-    with torch.no_grad():
-        assert torch.allclose(model(torch.ones(1, 4)), ref, atol=1e-6)
 
 
 def test_convnext_no_grad_path_equals_stock_blocks():

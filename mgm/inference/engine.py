@@ -25,7 +25,6 @@ from mgm.inference.requests import Request
 from mgm.inference.sampling import pad_token_id
 from mgm.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
 from mgm.model.arch import cache_keyword
-from mgm.model.fast_linear import use_onednn_linears
 from mgm.model.kv_cache import growing_cache
 
 
@@ -62,9 +61,6 @@ class InferenceEngine:
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
-        # float32 / bf16 matmuls through oneDNN on CPU, prefill and decode (mgm.model.fast_linear; no-grad
-        # only, a no-op elsewhere)
-        use_onednn_linears(model)
         self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
         gen_config = getattr(model, "generation_config", None)
         for extra in _as_list(getattr(gen_config, "eos_token_id", None)):

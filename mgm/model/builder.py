@@ -15,6 +15,7 @@ import torch
 
 from mgm.errors import UserError
 from mgm.model.families import classes_for_model_type, family_for_llm
+from mgm.model.fast_linear import use_fast_linears
 from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
 from mgm.registration import register_auto_classes
 
@@ -93,7 +94,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     """Load an MGM checkpoint: returns `(tokenizer, model, image_processor, context_len)`.
 
     Extra keyword arguments: `dtype` (torch dtype), `vision_tower_path` / `vision_tower_aux_path`
-    (tower folder overrides), anything else goes to `from_pretrained`.
+    (tower folder overrides), `fast_linears` (default True: the LLM's plain linears become
+    `mgm.model.fast_linear.FastLinear`, which on CPU runs the kernel probed fastest for this CPU and dtype;
+    False keeps `nn.Linear`), anything else goes to `from_pretrained`.
     """
     from transformers import AutoTokenizer
 
@@ -110,6 +113,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     device = resolve_device(device)
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or default_dtype(device)
     overrides = {k: kwargs.pop(k) for k in ("vision_tower_path", "vision_tower_aux_path") if k in kwargs}
+    fast_linears = bool(kwargs.pop("fast_linears", True))
     load_kwargs: dict = dict(dtype=dtype, attn_implementation=_attn_implementation(use_flash_attn, device), **kwargs)
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
@@ -158,6 +162,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     _cast_vision_modules(model, dtype, load_8bit or load_4bit)
     model.eval()  # every module, ConvNeXt drop-path included (docs/original.md#fixed-defects)
     model.requires_grad_(False)
+    if fast_linears:
+        use_fast_linears(model)  # the model is ours until returned; quantised / LoRA layers keep their class
 
     image_processor = build_image_processor(model)
     context_len = getattr(model.config, "max_sequence_length", None) or 2048

@@ -1,34 +1,40 @@
-"""Linear layers through oneDNN on CPU when no gradient is needed (towers, mining, LLM decode).
+"""Linear layers through the kernel the running CPU does best, when no gradient is needed.
 
-torch's CPU `F.linear` calls MKL's sgemm, which on the AMD EPYC machines this project runs on is
-1.4-2.5× slower than oneDNN's matmul for every shape MGM uses (ConvNeXt MLPs, CLIP layers, the LLM's
-layers and head at one token per step; measured with benchmarks/bench_inference.py). `torch.ops.mkldnn.
-_linear_pointwise` (the kernel torch.compile's CPU backend emits) computes the same function, float
-rounding aside, and fuses GELU into the matmul. It has no autograd formula, so `linear` falls back to
-F.linear whenever a gradient may be needed, off CPU, or for dtypes other than float32/bfloat16.
-`with stock_linears():` turns it off for the code inside (benchmarks use it to measure what it buys).
+torch's CPU `F.linear` calls MKL (or oneDNN's matmul for half types). `torch.ops.mkldnn._linear_pointwise`
+(the kernel torch.compile's CPU backend emits) computes the same function, rounding aside, and fuses GELU
+into the matmul. Which one is faster depends on the CPU, the dtype and the number of rows: on an AVX-512
+AMD EPYC oneDNN streamed float32 decode weights at ~34 GB/s against MKL's ~20; on an AVX2-only CPU the two
+tie, and oneDNN has no bf16/fp16 inner product at all there (creating the primitive raises). bf16 matmuls
+without AVX512-BF16 are several times slower than computing in float32 from an upcast copy.
+
+So the choice is measured, not assumed: `kernel_plan(dtype)` probes once per process and dtype (cached on
+disk per CPU, torch version and ISA limits, see `mgm.model.cpu_probe`) which candidate is correct and
+fastest for each row class (one row = decoding, few rows, many rows = prefill and towers), with
+`F.linear` the fallback wherever a candidate fails or is not clearly faster. The mining, CLIP and ConvNeXt
+code calls `linear` directly; a model's plain `nn.Linear` layers use it only when the loader (or the
+owner of the model) turns them into `FastLinear` with `use_fast_linears`. `with stock_linears():` makes
+every `linear` plain F.linear for the code inside (benchmarks use it to measure what the kernels buy).
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
-import types
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_DTYPES = (torch.float32, torch.bfloat16)
-MIN_ROWS = {torch.float32: 1, torch.bfloat16: 32}  # below this many rows F.linear is used (see _eligible)
+from mgm.model import cpu_probe
+
 # Scoped, not global: a `stock_linears()` block affects only its own thread / task.
 _STOCK = contextvars.ContextVar("mgm_stock_linears", default=False)
 
 
 @contextlib.contextmanager
 def stock_linears() -> Iterator[None]:
-    """Inside this block every `linear` is plain F.linear (MKL): the reference the benchmarks compare to."""
+    """Inside this block every `linear` is plain F.linear: the reference the benchmarks compare to."""
     token = _STOCK.set(True)
     try:
         yield
@@ -36,29 +42,46 @@ def stock_linears() -> Iterator[None]:
         _STOCK.reset(token)
 
 
+# -- candidate kernels: (x [..., in], weight [out, in], bias [out] | None, gelu) -> [..., out] ---------
+def _stock(x, weight, bias, gelu):
+    y = F.linear(x, weight, bias)
+    return F.gelu(y) if gelu else y
+
+
+def _onednn(x, weight, bias, gelu):
+    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "gelu" if gelu else "none",
+                                              [], "none" if gelu else "")
+
+
+def _upcast(x, weight, bias, gelu):
+    # Half-precision inputs computed in float32 (the CPU lacks native bf16/fp16 dot products); the upcast
+    # copy of the weight costs one read, much less than a software-emulated half-precision GEMM.
+    y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return (F.gelu(y) if gelu else y).to(x.dtype)
+
+
+KERNELS = {"stock": _stock, "onednn": _onednn, "upcast": _upcast}
+
+
+def kernel_plan(dtype: torch.dtype) -> dict[str, str]:
+    """{row class: kernel name} for `dtype` on this CPU (probed once per process, see cpu_probe)."""
+    return cpu_probe.linear_plan(dtype)
+
+
 @functools.cache
-def _works() -> bool:
-    """Whether this torch build has the kernel and it agrees with F.linear (checked once per process)."""
-    try:
-        gen = torch.Generator().manual_seed(0)  # its own generator: the global RNG stream is left alone
-        x, w, b = (torch.randn(*shape, generator=gen) for shape in ((3, 8), (4, 8), (4,)))
-        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "gelu", [], "none")
-        return bool(torch.allclose(y, F.gelu(F.linear(x, w, b)), atol=1e-5))
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
+def _plan_functions(dtype: torch.dtype) -> tuple:
+    plan = kernel_plan(dtype)
+    return tuple(KERNELS[plan[name]] for name in cpu_probe.ROW_CLASSES)
 
 
-def _eligible(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if _STOCK.get() or x.device.type != "cpu" or x.dtype not in _DTYPES or weight.dtype != x.dtype:
-        return False
+def _kernel(x: torch.Tensor, weight: torch.Tensor):
+    if (_STOCK.get() or x.device.type != "cpu" or weight.device.type != "cpu" or weight.dtype != x.dtype
+            or x.dtype not in cpu_probe.PROBED_DTYPES or x.dim() < 2):
+        return _stock
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return False
-    # float32 at one row (decoding one token per sequence) is where oneDNN gains most: it streams the
-    # weight at ~34 GB/s on 2 cores where MKL's gemv reaches ~20 (0.4-0.7x the time for every LLM
-    # shape from 1024 to 4096 wide and the 32k-256k heads; decode 19.9 -> 13.2 ms/token in the benchmark).
-    # bfloat16 below 32 rows is a tie with F.linear, so those keep the stock path.
+        return _stock  # the fast kernels have no autograd formula
     rows = x.numel() // max(x.shape[-1], 1)
-    return weight.device.type == "cpu" and x.dim() >= 2 and rows >= MIN_ROWS[x.dtype] and _works()
+    return _plan_functions(x.dtype)[cpu_probe.row_class(rows)]
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
@@ -69,23 +92,38 @@ def linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tenso
 def linear_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   gelu: bool = False) -> torch.Tensor:
     """F.linear(x, weight [out, in], bias), then exact GELU when `gelu`."""
-    if _eligible(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "gelu" if gelu else "none",
-                                                  [], "none" if gelu else "")
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+    return _kernel(x, weight)(x, weight, bias, gelu)
 
 
-def _forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return linear(x, self)
+class FastLinear(nn.Linear):
+    """An `nn.Linear` whose no-grad CPU forward takes the kernel `kernel_plan` chose for this CPU.
+
+    Same parameters, state-dict keys and autograd behaviour as `nn.Linear`; only the kernel differs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_weight(x, self.weight, self.bias)
 
 
-def use_onednn_linears(model: nn.Module) -> int:
-    """Route every plain `nn.Linear` of `model` through `linear` (subclasses such as quantised or
-    LoRA layers keep their own forward). Returns how many layers were switched."""
+def use_fast_linears(model: nn.Module) -> int:
+    """Turn every plain `nn.Linear` of `model` (a model you own, e.g. freshly loaded) into `FastLinear`;
+    subclasses such as quantised or LoRA layers keep their own class. Returns how many were switched.
+
+    `load_pretrained_model(..., fast_linears=True)` (the default on CPU) calls this on the model it builds.
+    """
     count = 0
     for module in model.modules():
-        if type(module) is nn.Linear and "forward" not in module.__dict__:
-            module.forward = types.MethodType(_forward, module)
+        if type(module) is nn.Linear:
+            module.__class__ = FastLinear
+            count += 1
+    return count
+
+
+def use_stock_linears(model: nn.Module) -> int:
+    """Undo `use_fast_linears`: every `FastLinear` of `model` becomes a plain `nn.Linear` again."""
+    count = 0
+    for module in model.modules():
+        if type(module) is FastLinear:
+            module.__class__ = nn.Linear
             count += 1
     return count

@@ -9,7 +9,6 @@ folder name.
 from __future__ import annotations
 
 import functools
-
 import re
 from dataclasses import dataclass
 
@@ -127,7 +126,7 @@ class ConvNeXtTower(nn.Module):
         the depthwise conv's output in place, no permuted copies) with `_block_eval`.
         """
         x = images.to(device=self.device, dtype=self.dtype)
-        fast = not torch.is_grad_enabled()
+        fast = not torch.is_grad_enabled() and fused_blocks_work(x.device.type, x.dtype)
         if fast:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.vision_stem(x)
@@ -181,8 +180,32 @@ def _block_eval(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A timm ConvNeXtBlock without autograd: x + γ ⊙ fc2(GELU(fc1(LN(dwconv(x))))) in channels_last,
     GELU fused into fc1 and γ and the residual into one addcmul. Other block variants (conv MLP,
     strided shortcut, active drop-path, no layer scale) run their own forward."""
-    if not fast_block(block):
-        return block(x)
+    return _fused_block(block, x) if fast_block(block) else block(x)
+
+
+@functools.cache
+def fused_blocks_work(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether the fused block gives the stock block's output for `dtype` here (checked once per process
+    on a small random block; a kernel this CPU lacks makes it False and the stock blocks run)."""
+    from timm.models.convnext import ConvNeXtBlock
+
+    gen = torch.Generator().manual_seed(0)  # its own generator: the global RNG stream is left alone
+    block = ConvNeXtBlock(16, ls_init_value=0.5).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        block.to(device=device_type, dtype=dtype)
+        x = torch.randn(2, 16, 9, 9, generator=gen).to(device=device_type, dtype=dtype)
+        try:
+            fused = _fused_block(block, x.contiguous(memory_format=torch.channels_last))
+        except (RuntimeError, NotImplementedError):
+            return False
+        ref = block(x)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    return fast_block(block) and torch.allclose(fused.float(), ref.float(), rtol=tol, atol=tol)
+
+
+def _fused_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     y = block.conv_dw(x).permute(0, 2, 3, 1)  # a view when x is channels_last: [N, H, W, C]
     y = F.layer_norm(y, block.norm.normalized_shape, block.norm.weight, block.norm.bias, block.norm.eps)
     y = linear(linear(y, block.mlp.fc1, gelu=True), block.mlp.fc2)
