@@ -95,8 +95,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     Extra keyword arguments: `dtype` (torch dtype), `vision_tower_path` / `vision_tower_aux_path`
     (tower folder overrides), `fast_linears` (default True: the LLM's plain linears become
-    `mgm.model.fast_linear.FastLinear`, which on CPU runs the kernel probed fastest for this CPU and dtype;
-    False keeps `nn.Linear`), anything else goes to `from_pretrained`.
+    `mgm.model.fast_linear.FastLinear`, which runs the kernel probed fastest for this CPU and dtype; only
+    for unquantised models on the CPU; False keeps `nn.Linear`), anything else goes to `from_pretrained`.
     """
     from transformers import AutoTokenizer
 
@@ -162,8 +162,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     _cast_vision_modules(model, dtype, load_8bit or load_4bit)
     model.eval()  # every module, ConvNeXt drop-path included (docs/original.md#fixed-defects)
     model.requires_grad_(False)
-    if fast_linears:
-        use_fast_linears(model)  # the model is ours until returned; quantised / LoRA layers keep their class
+    if fast_linears and torch.device(device).type == "cpu" and not (load_8bit or load_4bit):
+        use_fast_linears(model)  # the model is ours until returned; only the CPU kernels differ
 
     image_processor = build_image_processor(model)
     context_len = getattr(model.config, "max_sequence_length", None) or 2048
