@@ -96,7 +96,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     Extra keyword arguments: `dtype` (torch dtype), `vision_tower_path` / `vision_tower_aux_path`
     (tower folder overrides), `fast_linears` (default True: the LLM's plain linears become
     `mgm.model.fast_linear.FastLinear`, which runs the kernel probed fastest for this CPU and dtype; only
-    for unquantised models on the CPU; False keeps `nn.Linear`), anything else goes to `from_pretrained`.
+    for unquantised models on the CPU; False keeps `nn.Linear`), `quantization` ("int8" / "int4": weight-only
+    LLM linears, `mgm.model.quantize`), anything else goes to `from_pretrained`.
     """
     from transformers import AutoTokenizer
 
@@ -114,6 +115,9 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None) or default_dtype(device)
     overrides = {k: kwargs.pop(k) for k in ("vision_tower_path", "vision_tower_aux_path") if k in kwargs}
     fast_linears = bool(kwargs.pop("fast_linears", True))
+    quantization = kwargs.pop("quantization", None)
+    if quantization is not None and (load_8bit or load_4bit):
+        raise UserError("--quantization and --load-8bit/--load-4bit (bitsandbytes) exclude each other: pick one")
     load_kwargs: dict = dict(dtype=dtype, attn_implementation=_attn_implementation(use_flash_attn, device), **kwargs)
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
@@ -162,6 +166,13 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     _cast_vision_modules(model, dtype, load_8bit or load_4bit)
     model.eval()  # every module, ConvNeXt drop-path included (docs/original.md#fixed-defects)
     model.requires_grad_(False)
+    if quantization is not None:
+        from mgm.model.quantize import quantize_llm
+
+        try:
+            quantize_llm(model, quantization, skip=tuple(f"model.{name}" for name in NOT_QUANTIZED[:-1]))
+        except ValueError as exc:
+            raise UserError(f"--quantization {quantization}: {exc}") from None
     if fast_linears and torch.device(device).type == "cpu" and not (load_8bit or load_4bit):
         use_fast_linears(model)  # the model is ours until returned; only the CPU kernels differ
 
