@@ -29,6 +29,9 @@ try:
     if kind == "module":
         sys.argv = [target, "--help"]
         runpy.run_module(target, run_name="__main__", alter_sys=True)
+    elif kind == "path":
+        sys.argv = [target, "--help"]
+        runpy.run_path(target, run_name="__main__")
     else:
         from mgm.__main__ import main
         code = main([*target.split(), "--help"])
@@ -50,6 +53,9 @@ def _entry_modules() -> list[str]:
 
 ENTRY_MODULES = _entry_modules()
 SUBCOMMANDS = [" ".join(words) for words, _, _ in COMMANDS]
+# scripts run by path, as the original's commands and the deepspeed launcher do
+SCRIPTS = ["mgm/train/train.py", "mgm/train/train_mem.py", "scripts/merge_lora_weights.py",
+           *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "scripts").glob("convert_*.py"))]
 
 
 def _probe(kind: str, target: str) -> tuple[dict, str]:
@@ -75,6 +81,14 @@ def test_module_help_loads_no_heavy_library(module):
     assert report["code"] in (0, None), f"python -m {module} --help exited with {report['code']}"
     assert "usage:" in out
     assert report["heavy"] == [], f"python -m {module} --help imported {report['heavy']}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_help_loads_no_heavy_library(script):
+    report, out = _probe("path", script)
+    assert report["code"] in (0, None), f"python {script} --help exited with {report['code']}"
+    assert "usage:" in out
+    assert report["heavy"] == [], f"python {script} --help imported {report['heavy']}"
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS)
