@@ -27,6 +27,15 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 )
 
 
+# Commands whose module loads torch, gradio or fastapi when imported: `--help` is answered by this light
+# parser first ("module:function"), so it never waits for those imports.
+HELP_PARSERS: dict[tuple[str, ...], str] = {
+    ("train",): "mgm.train.arg_fields:build_help_parser",
+    ("serve", "worker"): "mgm.serve.worker_settings:build_parser",
+    ("serve", "web"): "mgm.serve.web_args:build_parser",
+}
+
+
 def usage() -> str:
     lines = ["usage: mgm <command> [arguments...]", "", "commands:"]
     for words, _, help_text in COMMANDS:
@@ -58,6 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {' '.join(args[:2])!r}{hint} (mgm --help)", file=sys.stderr)
         return 2
     words, module_name = found
+    rest = args[len(words):]
+    if words in HELP_PARSERS and any(a in ("-h", "--help") for a in rest):
+        parser_module, _, factory = HELP_PARSERS[words].partition(":")
+        saved, sys.argv[0] = sys.argv[0], " ".join(("mgm", *words))  # the usage line names the words typed
+        try:
+            getattr(importlib.import_module(parser_module), factory)().parse_known_args(rest)  # prints, exits
+        finally:
+            sys.argv[0] = saved
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -75,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `--help` of the tool then shows `mgm chat`, not the module path (see mgm.program).
     saved, sys.argv[0] = sys.argv[0], " ".join(("mgm", *words))
     try:
-        result = entry(args[len(words):])
+        result = entry(rest)
     finally:
         sys.argv[0] = saved
     return result if isinstance(result, int) else 0

@@ -24,10 +24,18 @@ def score_mme(paths: dict, args: argparse.Namespace) -> None:
 
 def score_mmbench(paths: dict, args: argparse.Namespace) -> None:
     from mgm.eval.converters import mmbench
+    from mgm.eval.mmbench_accuracy import format_accuracy, mmbench_accuracy
 
     os.makedirs(paths["upload_dir"], exist_ok=True)
-    mmbench.main(["--annotation-file", paths["question_file"], "--result-dir", paths["result_dir"],
-                  "--upload-dir", paths["upload_dir"], "--experiment", args.ckpt])
+    upload = mmbench.main(["--annotation-file", paths["question_file"], "--result-dir", paths["result_dir"],
+                           "--upload-dir", paths["upload_dir"], "--experiment", args.ckpt])
+    # The original only writes the server's .xlsx; a split with answers (dev) is also scored here.
+    scores = mmbench_accuracy(paths["question_file"], upload)
+    split = os.path.splitext(os.path.basename(paths["question_file"]))[0]
+    if scores is None:
+        print(f"MMBench {split}: no answers in the TSV; submit {upload} to the MMBench server for the score")
+    else:
+        print(format_accuracy(split, scores))
 
 
 def score_mmvet(paths: dict, args: argparse.Namespace) -> None:

@@ -11,7 +11,6 @@ import argparse
 import re
 
 from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
-from mgm.data.image import open_image
 from mgm.errors import exit_on_user_error
 
 
@@ -21,6 +20,8 @@ def image_parser(args) -> list[str]:
 
 def load_image(image_file: str):
     """RGB PIL image from a path or an http(s) URL."""
+    from mgm.data.image import open_image  # loads torch: not for `--help`
+
     return open_image(image_file, allow_remote=True).convert("RGB")
 
 

@@ -8,15 +8,28 @@ Modules by role:
 - `rows`: `generate_rows`, many rows with their own parameters in one `model.generate` call;
 - `continuous`: `ContinuousBatch`, rows joining and leaving a running batch between steps;
 - `tickets` / `batcher`: `Ticket` and `DynamicBatcher`, request batching for the servers.
-"""
-from mgm.inference.batcher import DynamicBatcher
-from mgm.inference.continuous import ContinuousBatch
-from mgm.inference.engine import BatchInputs, InferenceEngine, check_context, context_limit, request_token_count
-from mgm.inference.requests import GenerationParams, Request, RowResult
-from mgm.inference.rows import generate_rows
-from mgm.inference.tickets import Ticket
 
-__all__ = [
-    "BatchInputs", "ContinuousBatch", "DynamicBatcher", "GenerationParams", "InferenceEngine", "Request",
-    "RowResult", "Ticket", "check_context", "context_limit", "generate_rows", "request_token_count",
-]
+The names below are loaded on first use (PEP 562): importing one light submodule, such as `sampling`
+for the servers' request checks, runs this file too, and must not load torch and the model code.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# exported name -> submodule that defines it
+_EXPORTS = {
+    "DynamicBatcher": "batcher", "ContinuousBatch": "continuous", "BatchInputs": "engine",
+    "InferenceEngine": "engine", "check_context": "engine", "context_limit": "engine",
+    "request_token_count": "engine", "GenerationParams": "requests", "Request": "requests",
+    "RowResult": "requests", "generate_rows": "rows", "Ticket": "tickets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mgm.inference' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mgm.inference.{module}"), name)

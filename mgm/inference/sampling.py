@@ -1,12 +1,15 @@
 """Sampling rules shared by every generation path: greedy threshold, top-k default, pad id, per-row warping.
 
 Each rule is defined here once; the engine, the streamed rows and continuous batching all use them.
+torch is imported by the functions that compute: the servers' request checks read only the constants and
+`is_greedy`, and a controller or `--help` should not pay for loading torch.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # A temperature at or below this means greedy decoding. The original worker sampled only above 0.001;
 # its eval runners and CLI sampled above 0. The two differ only for temperatures in
@@ -45,6 +48,7 @@ def row_sampling_processor(params: Sequence[Any], top_k: int, device: torch.devi
     top-p, one token always kept), row by row, so rows with different sampling parameters can share
     one sampled `generate` call. scores: [B, V] → [B, V].
     """
+    import torch
     from transformers import LogitsProcessor
 
     greedy = torch.tensor([not p.do_sample for p in params], device=device)
@@ -78,6 +82,8 @@ def sample_next(logits: torch.Tensor, params: Sequence[Any], top_k: int) -> torc
     """logits [B, V] → next token ids [B] under each row's parameters (all greedy: plain argmax)."""
     if all(not p.do_sample for p in params):
         return logits.argmax(dim=-1)
+    import torch
+
     process = row_sampling_processor(params, top_k, logits.device)
     probs = torch.softmax(process(None, logits.float()), dim=-1)
     return torch.multinomial(probs, num_samples=1).squeeze(1)

@@ -29,8 +29,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformers.utils import CHAT_TEMPLATE_DIR, CHAT_TEMPLATE_FILE, PROCESSOR_NAME
-
 from mgm.program import program_name
 from mgm.errors import UserError, exit_on_user_error
 
@@ -38,8 +36,10 @@ MANIFEST = "mgm_export.json"
 CARD = "README.md"
 TOWERS_DIR = "towers"
 SET_ASIDE_DIR = "original_files"  # source files whose names the export writes itself
-PROCESSOR_FILES = (PROCESSOR_NAME, CHAT_TEMPLATE_FILE)
-PROCESSOR_DIRS = (CHAT_TEMPLATE_DIR,)
+# transformers.utils' PROCESSOR_NAME, CHAT_TEMPLATE_FILE and CHAT_TEMPLATE_DIR, spelled out so that
+# `--help` does not load transformers (tests/test_entry_point_help.py checks they still agree)
+PROCESSOR_FILES = ("processor_config.json", "chat_template.jinja")
+PROCESSOR_DIRS = ("additional_chat_templates",)
 GENERATED = (MANIFEST, CARD, *PROCESSOR_FILES)
 # config keys naming each tower: the current spelling first, then the one MGMSettings also reads
 TOWER_KEYS = {"vision_tower": ("mm_vision_tower", "vision_tower"),

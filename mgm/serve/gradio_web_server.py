@@ -17,7 +17,13 @@ and generated images are kept under `<log dir>/serve_images/YYYY-MM-DD/`.
 """
 from __future__ import annotations
 
-import argparse
+# ruff: noqa: E402 -- the imports below come after the early argument parse on purpose
+from mgm.serve.web_args import build_parser
+
+if __name__ == "__main__":
+    # Run as a program: `--help` and flag errors answer here, before gradio loads below (seconds).
+    build_parser().parse_args()
+
 import base64
 import io
 import json
@@ -33,7 +39,6 @@ import httpx
 from PIL import Image
 
 from mgm.conversation import conv_templates
-from mgm.program import program_name
 from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.logging_utils import build_logger, get_logdir
 from mgm.serve.protocol import MODERATION_MSG, SERVER_ERROR_MSG, iter_chunks
@@ -374,31 +379,6 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=program_name("python -m mgm.serve.gradio_web_server"),
-                                description="Run the MGM web demo (Gradio) in front of a controller.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=None, help="TCP port (default: Gradio's, 7860 or the next free one)")
-    p.add_argument("--controller-url", "--controller", default="http://127.0.0.1:21001",
-                   help="the controller's URL (default http://127.0.0.1:21001)")
-    p.add_argument("--concurrency-count", type=int, default=16, help="chats answered at once (default 16)")
-    p.add_argument("--model-list-mode", choices=("once", "reload"), default="once",
-                   help="once: list models at start (?model=NAME picks one); reload: on every page load")
-    p.add_argument("--share", action="store_true", help="also publish a public gradio.live link")
-    p.add_argument("--moderate", action="store_true", help="check inputs with OpenAI moderation (OPENAI_API_KEY)")
-    p.add_argument("--embed", action="store_true", help="hide the title and terms (for embedding)")
-    p.add_argument("--api-key", default=os.environ.get("MGM_API_KEY") or None,
-                   help="the controller's client key, if it has one (default: $MGM_API_KEY)")
-    p.add_argument("--worker-api-key", default=os.environ.get("MGM_WORKER_API_KEY") or None,
-                   help="the workers' key, if they have one: the demo streams from workers directly, as the "
-                        "original (default: $MGM_WORKER_API_KEY, else --api-key)")
-    p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds to wait for the next stream chunk from a worker (default 30)")
-    p.add_argument("--log-dir", default=None, help="folder for logs, chat records and images (default: $MGM_LOGDIR, else .)")
-    return p
-
-
 def parse_settings(argv: list[str] | None = None) -> WebSettings:
     a = build_parser().parse_args(argv)
     return WebSettings(controller_url=a.controller_url, host=a.host, port=a.port, share=a.share,

@@ -28,6 +28,14 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
 """
 from __future__ import annotations
 
+# ruff: noqa: E402 -- the imports below come after the early argument parse on purpose
+from mgm.serve.worker_settings import build_parser
+
+if __name__ == "__main__":
+    # Run as a program: `--help` and flag errors answer here, before torch, transformers and fastapi
+    # load below (seconds); main() parses the same flags again.
+    build_parser().parse_args()
+
 import asyncio
 import base64
 import contextlib

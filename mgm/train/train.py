@@ -25,6 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mgm.errors import UserError  # noqa: E402
+from mgm.train.arg_fields import build_help_parser, wants_help  # noqa: E402
 
 if TYPE_CHECKING:
     from torch import nn
@@ -151,6 +152,9 @@ def train(attn_implementation: str | None = None, argv: Sequence[str] | None = N
 
 def main(argv: Sequence[str] | None = None, attn_implementation: str | None = None) -> int:
     """Entry point: one line on stderr and exit status 2 for bad flags, files or samples."""
+    if wants_help(list(sys.argv[1:] if argv is None else argv)):
+        # Answer from mgm's own flags before torch and transformers load (`--help-all` loads them).
+        build_help_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         train(attn_implementation=attn_implementation, argv=argv)
     except UserError as exc:

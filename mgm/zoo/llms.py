@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mgm.errors import UserError
-from mgm.zoo.random_weights import randomize_, seeded_generator
 
 HIDDEN_SIZE = 64
 NUM_LAYERS = 2
@@ -193,6 +192,7 @@ def build_llm(family: "str | LLMSpec", out_dir: str | Path, seed: int) -> Path:
     import transformers
     from transformers import AutoTokenizer
 
+    from mgm.zoo.random_weights import randomize_, seeded_generator
     from mgm.zoo.tokenizers import build_tokenizer
 
     spec = family if isinstance(family, LLMSpec) else get_llm_spec(family)

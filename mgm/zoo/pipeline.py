@@ -8,7 +8,8 @@ Two commands, both called by the shell script:
         --run MGM:CKPT:TRAIN_DIR --run LR-only:CKPT:TRAIN_DIR [--split mmbench_dev_tiny] [--cli-answer FILE]
 
 `step` runs CMD with its output sent to the log file and shows its progress instead: on a terminal ONE
-bar, in a pipe or log a plain line every `--line-every` seconds, driven by the `n/total` counters the
+bar, in a pipe or log (or on a terminal that reports zero columns, where tqdm draws nothing at all) a
+plain line every `--line-every` seconds, driven by the `n/total` counters the
 command's own tqdm bars write into the log (questions answered), by the count of log lines matching
 `--count REGEX` out of `--total` (training steps), or a timer. Several
 commands separated by `:::` (one `--log` each) run side by side under one bar. It records the wall time
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,6 +96,27 @@ class _LogWatcher:
         return self.matched, 0
 
 
+def terminal_columns(stream) -> int | None:
+    """The width of the terminal `stream` writes to, or None when it is not a terminal."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns if stream.isatty() else None
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def shows_bar(stream, setting: bool | None = None) -> bool:
+    """Whether progress on `stream` is a redrawn bar (else plain lines).
+
+    `setting` None (auto): a bar on a terminal. True forces the bar (e.g. a pipe read by a terminal
+    program), False forces lines. A terminal that reports 0 columns (some pseudo-terminals of CI
+    runners and process managers) always gets lines: tqdm sizes its bar to the width and prints nothing.
+    """
+    columns = terminal_columns(stream)
+    if columns == 0:
+        return False
+    return columns is not None if setting is None else setting
+
+
 def run_step(name: str, commands: Sequence[Sequence[str]], logs: Sequence[Path], timings: Path | None,
              show: bool | None = None, count: str | None = None, total: int | None = None,
              line_every: float = 30.0) -> int:
@@ -103,7 +126,8 @@ def run_step(name: str, commands: Sequence[Sequence[str]], logs: Sequence[Path],
     `total` (per command), the log lines matching `count` (e.g. the Trainer's per-step `{'loss': ...}`
     records); otherwise the last tqdm `n/total` counter of each log, summed. The recorded peak memory is
     that of all the commands' process trees together. Without a terminal (`show` False) a plain
-    progress line is printed every `line_every` seconds instead of the bar.
+    progress line is printed every `line_every` seconds instead of the bar; a terminal of zero width gets
+    the lines too (`shows_bar`).
     """
     from tqdm import tqdm
 
@@ -111,7 +135,7 @@ def run_step(name: str, commands: Sequence[Sequence[str]], logs: Sequence[Path],
         raise UserError("step: give each command after `--` (several are separated by `:::`)")
     if len(logs) != len(commands):
         raise UserError(f"step {name!r}: {len(commands)} command(s) but {len(logs)} --log file(s)")
-    show = sys.stderr.isatty() if show is None else show
+    show = shows_bar(sys.stderr, show)
     start = time.perf_counter()
     peak = 0
     outs, procs = [], []
@@ -218,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file that receives the command's output (one per command, in order)")
     s.add_argument("--timings", type=Path, default=None, help="JSON list the step's time and memory are added to")
     s.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                   help="progress bar: auto = when stderr is a terminal (otherwise plain lines, see --line-every)")
+                   help="progress bar: auto = when stderr is a terminal (otherwise plain lines, see --line-every); "
+                        "a terminal of zero width always gets the lines")
     s.add_argument("--line-every", type=float, default=30.0, metavar="SECONDS",
-                   help="without a terminal, print a progress line this often (default 30)")
+                   help="without a terminal (or on one of zero width), print a progress line this often (default 30)")
     s.add_argument("--count", default=None, metavar="REGEX",
                    help="progress = log lines matching REGEX out of --total (default: the command's tqdm counters)")
     s.add_argument("--total", type=int, default=None, help="expected number of --count lines per command")

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mgm.errors import UserError
+from mgm.eval.mmbench_accuracy import option_letter as _mc_letter  # noqa: F401 (the demo's name)
 
 
 @dataclass(frozen=True)
@@ -62,32 +61,12 @@ def mme_scores(results_dir: Path) -> dict[str, float]:
     return out
 
 
-def _mc_letter(prediction: object, options: dict[str, str]) -> str | None:
-    text = "" if prediction is None or (isinstance(prediction, float) and math.isnan(prediction)) else str(prediction)
-    text = text.strip()
-    match = re.match(r"^\(?([A-D])(?:\b|\))", text)
-    if match:
-        return match.group(1)
-    for letter, option in options.items():
-        if text.lower().rstrip(".") == option.lower():
-            return letter
-    return None
-
-
 def mmbench_scores(tsv: Path, xlsx: Path) -> dict[str, float]:
     """Accuracy (%) overall and per category of the submission xlsx written by convert_mmbench_for_submission."""
-    import pandas as pd
+    from mgm.eval.mmbench_accuracy import mmbench_accuracy  # pandas: only when scoring
 
-    questions = pd.read_table(tsv)
-    submitted = pd.read_excel(xlsx, engine="openpyxl")
-    category = dict(zip(questions["index"], questions["category"]))
-    groups: dict[str, list[bool]] = {"all": []}
-    for _, row in submitted.iterrows():
-        options = {k: str(row[k]) for k in "ABCD" if k in row and isinstance(row[k], str) and row[k]}
-        ok = _mc_letter(row["prediction"], options) == row["answer"]
-        groups["all"].append(ok)
-        groups.setdefault(str(category.get(row["index"], "other")), []).append(ok)
-    return {k: 100.0 * sum(v) / len(v) for k, v in groups.items() if v}
+    scores = mmbench_accuracy(str(tsv), str(xlsx)) or {}
+    return {k: 100.0 * correct / total for k, (correct, total) in scores.items()}
 
 
 def loss_curves(train_dir: Path) -> dict[str, list[tuple[int, float]]]:

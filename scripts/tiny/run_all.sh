@@ -26,7 +26,8 @@
 #   ABLATION     1: also train and evaluate the LR-only variant [1]
 #   QUICK        1: a smoke run (few samples and steps; what the test suite runs) [0]
 #   PYTHON       interpreter [.venv/bin/python when present, else python]
-#   PROGRESS     auto | always | never: progress bars [auto = when stderr is a terminal]
+#   PROGRESS     auto | always | never: progress bars [auto = when stderr is a terminal; a terminal of
+#                zero width, where a bar shows nothing, gets a plain line every 30 s instead]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
