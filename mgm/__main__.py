@@ -20,7 +20,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("train",), "mgm.train.train", "train (python mgm/train/train.py flags)"),
     (("inspect",), "mgm.data.inspect", "show one training sample as the model sees it (prompt, ids, labels)"),
     (("check",), "mgm.data.check", "validate a training data file before a long run"),
-    (("kernels",), "mgm.model.cpu_probe", "this CPU, its ISA flags and the linear kernel chosen per dtype (--reprobe)"),
+    (("kernels",), "mgm.model.kernels_cli", "this CPU, its ISA flags and the linear kernel chosen per dtype (--reprobe)"),
     (("serve", "controller"), "mgm.serve.controller", "start the controller (python -m mgm.serve.controller)"),
     (("serve", "worker"), "mgm.serve.model_worker", "start a model worker (python -m mgm.serve.model_worker)"),
     (("serve", "web"), "mgm.serve.gradio_web_server", "start the web demo (python -m mgm.serve.gradio_web_server)"),

@@ -70,7 +70,7 @@ def describe() -> str:
             f"{limits}]")
 
 
-def _cache_file() -> Path | None:
+def cache_file() -> Path | None:
     if os.environ.get("MGM_CPU_PROBE_CACHE", "1") == "0":
         return None
     root = os.environ.get("MGM_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mgm"
@@ -84,7 +84,7 @@ def _cache_key(dtype: torch.dtype) -> str:
 
 
 def _read_cache(key: str) -> dict | None:
-    path = _cache_file()
+    path = cache_file()
     try:
         entry = json.loads(path.read_text()).get(key) if path is not None else None
     except (OSError, ValueError, AttributeError):
@@ -94,7 +94,7 @@ def _read_cache(key: str) -> dict | None:
 
 
 def _write_cache(key: str, entry: dict) -> None:
-    path = _cache_file()
+    path = cache_file()
     if path is None:
         return
     try:
@@ -194,31 +194,15 @@ def probe_result(dtype: torch.dtype) -> dict:
     return result
 
 
+def reprobe(dtype: torch.dtype) -> dict:
+    """Measure again, store the result in the cache file and use it in this process from now on."""
+    result = probe(dtype)
+    _write_cache(_cache_key(dtype), result)
+    probe_result.cache_clear()
+    return result
+
+
 def linear_plan(dtype: torch.dtype) -> dict[str, str]:
     """{row class: kernel name} chosen for `dtype` on this CPU."""
     return dict(probe_result(dtype)["plan"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`mgm kernels [--reprobe]`: this CPU, its ISA flags and the linear kernel chosen per dtype and row class."""
-    import argparse
-
-    from mgm.program import program_name
-
-    parser = argparse.ArgumentParser(prog=program_name("mgm kernels"), description=main.__doc__)
-    parser.add_argument("--reprobe", action="store_true", help="measure again and overwrite the cached plan")
-    args = parser.parse_args(argv)
-    print(describe())
-    for dtype in PROBED_DTYPES:
-        if args.reprobe:
-            result = probe(dtype)
-            _write_cache(_cache_key(dtype), result)
-        else:
-            result = probe_result(dtype)
-        times = "; ".join(f"{row}: " + ", ".join(f"{k} {v:.3g} ms" for k, v in result["ms"].get(row, {}).items())
-                          for row in ROW_CLASSES)
-        plan = ", ".join(f"{row} row(s) -> {kernel}" for row, kernel in result["plan"].items())
-        print(f"{str(dtype).removeprefix('torch.'):9s} {plan}   [{times}]")
-    print(f"cache: {_cache_file() or 'off (MGM_CPU_PROBE_CACHE=0)'}")
-    return 0
 
