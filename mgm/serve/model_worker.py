@@ -48,6 +48,7 @@ from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.batcher import DynamicBatcher, Ticket
 from mgm.serve.engine import GenerationParams, InferenceEngine, context_limit, request_token_count
 from mgm.serve.engine import Request as EngineRequest
+from mgm.serve.limits import PendingImage, check_image_count, check_pixels, check_stops, decode_all, probe_base64_image
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.protocol import (
     ERROR_OK,
@@ -166,6 +167,7 @@ class ModelWorker:
         self.image_policy = ImagePolicy(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                                         allow_local_files=settings.allow_local_images,
                                         allow_remote=settings.allow_remote_images)
+        self.limits = settings.limits
         self.batcher = DynamicBatcher(engine, max_batch_size=settings.batch_size, batch_window=settings.batch_window,
                                       logger=self.logger, continuous=settings.batching == "continuous")
         for stop in conv_templates[conv_mode].stop_strings():
@@ -277,9 +279,17 @@ class ModelWorker:
         return [decode_base64_image(b64, self.image_policy, mode="RGB", what=f"images[{i}]")
                 for i, b64 in enumerate(images)]
 
+    def probe_images(self, images: list[str]) -> list[PendingImage]:
+        """The images' headers only (sizes checked, pixels per request bounded); decoded after a slot."""
+        pending = [probe_base64_image(b64, self.image_policy, what=f"images[{i}]") for i, b64 in enumerate(images)]
+        check_pixels(pending, self.limits)
+        return pending
+
     def check_request(self, params: GenerateParams) -> bool:
         """Refuse what needs no model to refuse (RequestError); False when the prompt surely overflows
         the context (the caller answers the original's "Exceeds max token length" without tokenising)."""
+        check_stops([params.stop] if params.stop else [], self.limits)
+        check_image_count(len(params.images), self.limits, param="images")
         n_tags = params.prompt.count(DEFAULT_IMAGE_TOKEN)
         if n_tags != len(params.images):
             raise RequestError(f"the prompt has {n_tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {len(params.images)} "
@@ -288,15 +298,19 @@ class ModelWorker:
             raise RequestError(f"model {self.model_name} has no vision tower; send text only", param="images")
         return len(params.prompt) <= self.max_prompt_chars
 
-    async def generate_stream(self, params: GenerateParams, images: list[Image.Image],
+    async def generate_stream(self, params: GenerateParams, images: list[Image.Image] | list[PendingImage],
                               expected: int | None = None) -> AsyncIterator[bytes]:
         """The NUL-delimited chunks for one request (errors become one `error_code: 1` chunk).
 
+        `images` may be probed (`PendingImage`): they are decoded once the request holds a slot.
         `expected`: the token from `expect()` taken when the request arrived (released at submission).
         """
         try:
             async with self.slot():
                 try:
+                    pending = [image for image in images if isinstance(image, PendingImage)]
+                    if pending:
+                        images = await asyncio.to_thread(decode_all, pending, self.image_policy)
                     async for chunk in self._generate(params, images, expected):
                         yield chunk
                 except (UserError, ValueError) as exc:
@@ -396,7 +410,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
             return error_response(request, exc)
         expected = worker.expect()
         try:
-            images = await asyncio.to_thread(worker.decode_images, params.images)
+            images = await asyncio.to_thread(worker.probe_images, params.images)
         except RequestError as exc:
             worker.fulfil(expected)
             return error_response(request, exc)
