@@ -79,6 +79,8 @@ from mgm.serve.protocol import (
     error_chunk,
 )
 from mgm.serve.security import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
     BodySizeLimitMiddleware,
     ResponseHeaderMiddleware,
@@ -154,13 +156,14 @@ class ControllerSettings:
     max_worker_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
     max_worker_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_worker_stream_bytes: int = DEFAULT_MAX_STREAM_BYTES
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.dispatch_method not in DISPATCH_METHODS:
             raise UserError(f"--dispatch-method {self.dispatch_method!r} is not one of {', '.join(DISPATCH_METHODS)}")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
-        for name in ("heart_beat_expiration", "connect_timeout", "worker_timeout"):
+        for name in ("heart_beat_expiration", "connect_timeout", "worker_timeout", "body_timeout"):
             if getattr(self, name) <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.heart_beat_check_interval is not None and self.heart_beat_check_interval <= 0:
@@ -281,7 +284,8 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+                       idle_timeout=min(DEFAULT_IDLE_TIMEOUT, settings.body_timeout))
     app.add_middleware(ResponseHeaderMiddleware, headers={SELF_ID_HEADER: self_id})
     router = APIRouter(dependencies=[Depends(api_key_dependency(settings.api_key))])
 
@@ -501,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a proxied request may wait for the worker's next bytes (default 120)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help=f"refuse larger request bodies with 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    parser.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                        help=f"seconds a client has to send its whole request body; slower ones get 408 (default "
+                             f"{DEFAULT_BODY_TIMEOUT:g})")
     parser.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS,
                         help=f"refuse registrations beyond this many workers (default {DEFAULT_MAX_WORKERS})")
     parser.add_argument("--max-worker-answer-bytes", type=int, default=DEFAULT_MAX_ANSWER_BYTES,
@@ -528,7 +535,7 @@ def parse_settings(argv: list[str] | None = None) -> ControllerSettings:
         worker_api_key=args.worker_api_key, worker_allow_hosts=allow_hosts,
         heart_beat_expiration=args.heart_beat_expiration, heart_beat_check_interval=args.heart_beat_check_interval,
         worker_timeout=args.worker_timeout, max_body_bytes=args.max_body_bytes, log_dir=args.log_dir,
-        max_workers=args.max_workers, max_worker_answer_bytes=args.max_worker_answer_bytes,
+        max_workers=args.max_workers, body_timeout=args.body_timeout, max_worker_answer_bytes=args.max_worker_answer_bytes,
         max_worker_frame_bytes=args.max_worker_frame_bytes, max_worker_stream_bytes=args.max_worker_stream_bytes)
 
 

@@ -61,6 +61,7 @@ from mgm.serve.protocol import (
     error_chunk,
 )
 from mgm.serve.security import (
+    DEFAULT_IDLE_TIMEOUT,
     BodySizeLimitMiddleware,
     ImagePolicy,
     api_key_dependency,
@@ -394,7 +395,9 @@ def create_app(worker: ModelWorker) -> FastAPI:
     app = FastAPI(title="mgm model worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes,
+                       body_timeout=worker.settings.body_timeout,
+                       idle_timeout=min(DEFAULT_IDLE_TIMEOUT, worker.settings.body_timeout))
     dependencies = [Depends(api_key_dependency(worker.settings.api_key))]
     router = APIRouter(dependencies=dependencies)
 

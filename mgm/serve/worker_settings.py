@@ -19,7 +19,12 @@ from mgm.serve.limits import (
     DEFAULT_MAX_STOP_STRINGS,
     RequestLimits,
 )
-from mgm.serve.security import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from mgm.serve.security import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+)
 from mgm.program import program_name
 
 API_KEY_ENV = "MGM_WORKER_API_KEY"  # the worker key (= the controller's --worker-api-key)
@@ -61,6 +66,7 @@ class WorkerSettings:
     max_stop_chars: int = DEFAULT_MAX_STOP_CHARS
     max_images: int = DEFAULT_MAX_IMAGES
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     ocr: bool = False
     ocr_backend: str = "auto"
     gen: bool = False
@@ -86,6 +92,8 @@ class WorkerSettings:
             raise UserError(f"--stream-interval must be >= 1, got {self.stream_interval}")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"--num-threads must be >= 1, got {self.num_threads}")
+        if self.body_timeout <= 0:
+            raise UserError(f"--body-timeout must be > 0, got {self.body_timeout}")
         if self.heart_beat_interval <= 0:
             raise UserError(f"--heart-beat-interval must be > 0, got {self.heart_beat_interval}")
         if not 0 <= self.port <= 65535:
@@ -169,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse larger image files with 413 (default {DEFAULT_MAX_IMAGE_BYTES})")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help=f"refuse images with more pixels with 413 (default {DEFAULT_MAX_IMAGE_PIXELS})")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   help=f"seconds a client has to send its whole request body; slower ones get 408 (default "
+                        f"{DEFAULT_BODY_TIMEOUT:g})")
     p.add_argument("--max-stop-strings", type=int, default=DEFAULT_MAX_STOP_STRINGS,
                    help=f"refuse requests with more stop strings with 400 (default {DEFAULT_MAX_STOP_STRINGS})")
     p.add_argument("--max-stop-chars", type=int, default=DEFAULT_MAX_STOP_CHARS,
@@ -214,6 +225,6 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
         allow_remote_images=a.allow_remote_images, allow_local_images=a.allow_local_images,
         max_body_bytes=a.max_body_bytes, max_image_bytes=a.max_image_bytes, max_image_pixels=a.max_image_pixels,
         max_stop_strings=a.max_stop_strings, max_stop_chars=a.max_stop_chars, max_images=a.max_images,
-        max_request_pixels=a.max_request_pixels,
+        max_request_pixels=a.max_request_pixels, body_timeout=a.body_timeout,
         ocr=a.ocr, ocr_backend=a.ocr_backend, gen=a.gen, gen_model_path=a.gen_model_path,
         gen_cpu_offload=a.gen_cpu_offload, num_threads=a.num_threads, log_dir=a.log_dir)
