@@ -53,6 +53,7 @@ DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # the CLI's limit too (mgm.data.image.open_image)
 LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop
 DEFAULT_BODY_TIMEOUT = 60.0  # seconds for a whole request body (64 MB at about 10 Mbit/s)
+REJECTED_STATE = "mgm_body_rejected"  # request.state flag: the body middleware already answered and logged
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds without a byte of a body that is not complete yet
 
 
@@ -198,6 +199,7 @@ class BodySizeLimitMiddleware:
                 message = await asyncio.wait_for(receive(), max(wait, 0.001))
             except TimeoutError:
                 rejected = True
+                scope.setdefault("state", {})[REJECTED_STATE] = True  # answered here: no second log line
                 logging.getLogger("mgm.serve").info("request body of %s not received in time: answered 408",
                                                     scope.get("path", ""))
                 if not started:
@@ -210,6 +212,8 @@ class BodySizeLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:  # chunked upload without (or lying about) Content-Length
                     rejected = True
+                    scope.setdefault("state", {})[REJECTED_STATE] = True
+                scope.setdefault("state", {})[REJECTED_STATE] = True  # answered here: no second log line
                     if not started:
                         started = True
                         await self._reject(send, limit, scope.get("path", ""))
@@ -358,8 +362,9 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def disconnect_handler(request: Request, exc: Exception) -> Response:
     """A client that left while sending its body: one INFO line, no traceback (nobody reads an answer)."""
-    logging.getLogger("mgm.serve").info("client disconnected while sending %s %s", request.method,
-                                        request.url.path[:200])
+    if not request.scope.get("state", {}).get(REJECTED_STATE):
+        logging.getLogger("mgm.serve").info("client disconnected while sending %s %s", request.method,
+                                            request.url.path[:200])
     return Response(status_code=400)
 
 
