@@ -213,7 +213,6 @@ class BodySizeLimitMiddleware:
                 if received > limit:  # chunked upload without (or lying about) Content-Length
                     rejected = True
                     scope.setdefault("state", {})[REJECTED_STATE] = True
-                scope.setdefault("state", {})[REJECTED_STATE] = True  # answered here: no second log line
                     if not started:
                         started = True
                         await self._reject(send, limit, scope.get("path", ""))
