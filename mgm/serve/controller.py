@@ -60,8 +60,6 @@ from mgm.serve.protocol import (
     CONTROLLER_HEART_BEAT_EXPIRATION,
     ERROR_CONTROLLER_REQUEST,
     ERROR_NO_WORKER,
-    ERROR_OK,
-    EXCEEDS_MAX_TOKENS_MSG,
     AuthenticationError,
     DeregisterWorkerRequest,
     ForbiddenError,
@@ -74,7 +72,6 @@ from mgm.serve.protocol import (
     RequestError,
     WorkerStatus,
     asplit_chunks,
-    encode_chunk,
     error_body,
     error_chunk,
 )
@@ -90,6 +87,7 @@ from mgm.serve.security import (
     json_body,
     presents_key,
 )
+from mgm.serve.limits import over_long_prompt
 from mgm.serve.upstream_limits import (
     DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
@@ -369,8 +367,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     async def worker_generate_stream(params: GenerateBody) -> Response:
         limit = registry.prompt_char_limit(params.model or "")
         if limit is not None and len(params.prompt) > limit:  # the worker's own answer, without forwarding
-            return StreamingResponse(iter([encode_chunk({"text": params.prompt + EXCEEDS_MAX_TOKENS_MSG,
-                                                         "error_code": ERROR_OK})]))
+            raise over_long_prompt(len(params.prompt), limit)
         upstream = await runtime.open_worker(params.model or "", "/worker_generate_stream",
                                              params.model_dump_json().encode(), read="first")
         if upstream is None:

@@ -66,6 +66,13 @@ def check_image_count(count: int, limits: RequestLimits, param: str = "messages"
                            "per request (--max-images)", param=param)
 
 
+def over_long_prompt(chars: int, limit: int) -> RequestError:
+    """The original protocol's 400 for a prompt surely longer than the context (the prompt is not echoed:
+    the original answered prompt + "Exceeds max token length", megabytes back for megabytes sent)."""
+    return RequestError(f"the prompt holds {chars} characters, more than the model's context can take (at most "
+                        f"{limit} characters); please start a new conversation", param="prompt")
+
+
 @dataclass
 class PendingImage:
     """An image file whose header was read (`size` known) and whose pixels are not decoded yet."""

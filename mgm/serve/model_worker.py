@@ -48,7 +48,15 @@ from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.batcher import DynamicBatcher, Ticket
 from mgm.serve.engine import GenerationParams, InferenceEngine, context_limit, request_token_count
 from mgm.serve.engine import Request as EngineRequest
-from mgm.serve.limits import PendingImage, check_image_count, check_pixels, check_stops, decode_all, probe_base64_image
+from mgm.serve.limits import (
+    PendingImage,
+    check_image_count,
+    check_pixels,
+    check_stops,
+    decode_all,
+    over_long_prompt,
+    probe_base64_image,
+)
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.protocol import (
     ERROR_OK,
@@ -405,9 +413,8 @@ def create_app(worker: ModelWorker) -> FastAPI:
     async def worker_generate_stream(request: Request,
                                      params: Annotated[GenerateParams, Depends(json_body(GenerateParams))]) -> Response:
         try:
-            if not worker.check_request(params):
-                return StreamingResponse(iter([encode_chunk({"text": params.prompt + EXCEEDS_MAX_TOKENS_MSG,
-                                                             "error_code": ERROR_OK})]))
+            if not worker.check_request(params):  # refused without echoing megabytes of prompt back
+                raise over_long_prompt(len(params.prompt), worker.max_prompt_chars)
         except RequestError as exc:
             # JSON for HTTP-aware clients, with text/error_code so original clients show what went wrong
             return error_response(request, exc)
