@@ -135,7 +135,7 @@ class ControllerSettings:
     connect_timeout: seconds to connect to a worker, and the whole timeout of a status poll.
     worker_timeout: seconds a proxied generation may wait for the worker's next bytes.
     max_body_bytes: request bodies above this get 413.
-    log_dir: folder of controller.log (None = $MGM_LOGDIR or "."); used by main() only.
+    log_dir: folder of controller.log (None = $MGM_LOGDIR, else ~/.local/state/mgm/logs); used by main() only.
     """
 
     host: str = "127.0.0.1"
@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a relayed worker stream is cut after this many bytes (default "
                              f"{DEFAULT_MAX_STREAM_BYTES})")
     parser.add_argument("--log-dir", default=None,
-                        help="folder for controller.log (default: $MGM_LOGDIR, else the current folder)")
+                        help="folder for controller.log (default: $MGM_LOGDIR, else ~/.local/state/mgm/logs)")
     return parser
 
 

@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "original (default: $MGM_WORKER_API_KEY, else --api-key)")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds to wait for the next stream chunk from a worker (default 30)")
-    p.add_argument("--log-dir", default=None, help="folder for logs, chat records and images (default: $MGM_LOGDIR, else .)")
+    p.add_argument("--log-dir", default=None, help="folder for logs, chat records and images (default: $MGM_LOGDIR, else ~/.local/state/mgm/logs)")
     p.add_argument("--demo-auth", default=None,
                    help="the demo's own login: user:password, or a file with one user:password per line; "
                         "'none' turns it off. Default: on whenever --host is not loopback, --share is set or "

@@ -28,6 +28,7 @@ DEFAULT_MAX_STOP_STRINGS = 16  # OpenAI's API takes 4; templates add one or two 
 DEFAULT_MAX_STOP_CHARS = 256
 DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_REQUEST_PIXELS = 4096 * 4096 * 2  # two 4096^2 images; about 235 MB while decoding (7 B/pixel)
+HEADER_B64_CHARS = 64 * 1024  # base64 decoded to read an image header (48 KB of file: PNG/JPEG/WebP headers)
 DECODE_BYTES_PER_PIXEL = 7  # RGB (3) plus the source image (up to 4) while it is converted
 
 
@@ -75,9 +76,13 @@ def over_long_prompt(chars: int, limit: int) -> RequestError:
 
 @dataclass
 class PendingImage:
-    """An image file whose header was read (`size` known) and whose pixels are not decoded yet."""
+    """An image file whose header was read (`size` known) and whose pixels are not decoded yet.
 
-    data: bytes
+    `data` is the file, or its base64 text when only a prefix was decoded to read the header (the
+    rest is decoded with the pixels, once the request holds a slot).
+    """
+
+    data: bytes | str
     size: tuple[int, int]
     what: str
 
@@ -87,7 +92,13 @@ class PendingImage:
 
     def decode(self, policy: ImagePolicy, mode: str | None = "RGB") -> Image.Image:
         """The decoded image (ImageInputError when the data past the header is corrupt)."""
-        return decode_image_bytes(self.data, policy, mode=mode, what=self.what)
+        data = self.data
+        if isinstance(data, str):
+            try:
+                data = base64.b64decode(data)
+            except (binascii.Error, ValueError) as exc:
+                raise ImageInputError(f"{self.what}: invalid base64 ({exc})") from None
+        return decode_image_bytes(data, policy, mode=mode, what=self.what)
 
 
 def probe_image(data: bytes, policy: ImagePolicy, what: str = "image") -> PendingImage:
@@ -118,11 +129,25 @@ def probe_base64_image(b64: str, policy: ImagePolicy, what: str = "image") -> Pe
     if len(b64) * 3 // 4 > policy.max_bytes + 3:  # refused before decoding: 4 characters per 3 bytes
         raise ImageTooLargeError(f"{what}: about {len(b64) * 3 // 4} bytes is over the limit of "
                                  f"{policy.max_bytes} bytes")
+    b64 = "".join(b64.split()) if _has_whitespace(b64) else b64  # line-wrapped base64 (MIME style)
+    if len(b64) > HEADER_B64_CHARS:
+        # the header is in the first bytes of a file: decode those only (the whole file, megabytes of
+        # base64 holding the interpreter, is decoded after the slot); a header further in: all of it
+        try:
+            header = probe_image(base64.b64decode(b64[:HEADER_B64_CHARS]), policy, what)
+        except (ImageInputError, binascii.Error, ValueError):
+            header = None
+        if header is not None:
+            return PendingImage(b64, header.size, what)
     try:
         data = base64.b64decode(b64)
     except (binascii.Error, ValueError) as exc:
         raise ImageInputError(f"{what}: invalid base64 ({exc})") from None
     return probe_image(data, policy, what)
+
+
+def _has_whitespace(text: str) -> bool:
+    return any(char in text for char in "\n\r \t")
 
 
 def check_pixels(images: list[PendingImage], limits: RequestLimits) -> None:

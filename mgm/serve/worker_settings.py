@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On a shared or small CPU, 1 avoids "
                         "OpenMP threads fighting other processes")
-    p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else .)")
+    p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else ~/.local/state/mgm/logs)")
     return p
 
 
