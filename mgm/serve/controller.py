@@ -84,6 +84,7 @@ from mgm.serve.security import (
     api_key_dependency,
     auth_headers,
     install_error_handlers,
+    install_large_body_gate,
     json_body,
     presents_key,
 )
@@ -282,6 +283,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
     app.state.settings = settings
     app.state.registry = registry
     install_error_handlers(app)
+    install_large_body_gate(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
                        idle_timeout=min(DEFAULT_IDLE_TIMEOUT, settings.body_timeout))
     app.add_middleware(ResponseHeaderMiddleware, headers={SELF_ID_HEADER: self_id})

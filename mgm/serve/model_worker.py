@@ -76,6 +76,7 @@ from mgm.serve.security import (
     decode_base64_image,
     error_response,
     install_error_handlers,
+    install_large_body_gate,
     json_body,
 )
 from mgm.serve.worker_heart_beat import ControllerLink
@@ -403,6 +404,7 @@ def create_app(worker: ModelWorker) -> FastAPI:
     app = FastAPI(title="mgm model worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     install_error_handlers(app)
+    install_large_body_gate(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes,
                        body_timeout=worker.settings.body_timeout,
                        idle_timeout=min(DEFAULT_IDLE_TIMEOUT, worker.settings.body_timeout))

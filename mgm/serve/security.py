@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import io
 import json
@@ -51,7 +52,8 @@ from mgm.serve.protocol import (
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a request with a few base64 images fits easily
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # the CLI's limit too (mgm.data.image.open_image)
-LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop
+LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop, one at a time
+LARGE_BODY_SLOTS = 1  # large bodies parsed at once per server (install_large_body_gate)
 DEFAULT_BODY_TIMEOUT = 60.0  # seconds for a whole request body (64 MB at about 10 Mbit/s)
 REJECTED_STATE = "mgm_body_rejected"  # request.state flag: the body middleware already answered and logged
 DEFAULT_IDLE_TIMEOUT = 15.0  # seconds without a byte of a body that is not complete yet
@@ -135,16 +137,28 @@ def parse_json_body(raw: bytes, model: type[M]) -> M:
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A FastAPI dependency: the request body parsed by `parse_json_body` (large bodies in a thread)."""
-    import asyncio
+    """A FastAPI dependency: the request body parsed by `parse_json_body`; a large one in a thread, one
+    at a time per app (`install_large_body_gate`)."""
 
     async def parse(request: Request) -> M:
         raw = await request.body()
-        if len(raw) > LARGE_BODY_BYTES:
+        if len(raw) <= LARGE_BODY_BYTES:
+            return parse_json_body(raw, model)
+        gate = getattr(request.app.state, "large_body_gate", None)
+        async with gate if gate is not None else contextlib.nullcontext():
             return await asyncio.to_thread(parse_json_body, raw, model)
-        return parse_json_body(raw, model)
 
     return parse
+
+
+def install_large_body_gate(app: FastAPI, slots: int = LARGE_BODY_SLOTS) -> None:
+    """Let at most `slots` large bodies (over LARGE_BODY_BYTES) be parsed at once on `app`.
+
+    Parsing megabytes of JSON holds the interpreter for tens of milliseconds (the thread does not free
+    the event loop of that); several at once starve every other request of the process. Only the parse
+    waits here, not the upload: a client trickling its body cannot hold the gate.
+    """
+    app.state.large_body_gate = asyncio.Semaphore(slots)
 
 
 # --- body size ---------------------------------------------------------------------------------------
