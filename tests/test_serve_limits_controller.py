@@ -235,3 +235,24 @@ def test_bounds_have_flags():
             s.body_timeout) == (3, 10, 11, 12, 2.5)
     with pytest.raises(UserError, match="--max-workers"):
         ControllerSettings(max_workers=0)
+
+
+def test_the_controller_refuses_what_every_worker_of_the_model_would_without_forwarding_it():
+    status = {"model_names": ["m"], "max_stop_strings": 2, "max_stop_chars": 8, "max_images": 1}
+    worker = hostile_worker(status=json.dumps(status).encode(), answer=b'{"not": "used"}')
+    ctrl = controller()
+    try:
+        assert post(ctrl.url + "/register_worker", {"worker_name": worker.url}).status_code == 200
+        base = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        t0 = time.monotonic()
+        r = post(ctrl.url + "/v1/chat/completions", {**base, "stop": [f"s{i}" for i in range(20_000)]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stop" and time.monotonic() - t0 < 3
+        r = post(ctrl.url + "/v1/chat/completions", {**base, "stop": ["x" * 9]})
+        assert r.status_code == 400 and "characters" in r.json()["error"]["message"]
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+        r = post(ctrl.url + "/v1/chat/completions", {**base, "messages": [{"role": "user", "content": [image] * 2}]})
+        assert r.status_code == 400 and "images" in r.json()["error"]["message"]
+        assert post(ctrl.url + "/v1/chat/completions", {**base, "stop": ["a", "b"]}).status_code == 200  # forwarded
+    finally:
+        worker.stop()
+        ctrl.stop()

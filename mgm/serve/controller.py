@@ -51,6 +51,7 @@ from mgm.serve.openai_protocol import (
     ModelList,
     body_surely_too_long,
     body_too_long_error,
+    image_part_count,
     prompt_too_long,
     sse_event,
     text_chars,
@@ -88,7 +89,7 @@ from mgm.serve.security import (
     json_body,
     presents_key,
 )
-from mgm.serve.limits import over_long_prompt
+from mgm.serve.limits import RequestLimits, check_image_count, check_stops, over_long_prompt
 from mgm.serve.upstream_limits import (
     DEFAULT_MAX_ANSWER_BYTES,
     DEFAULT_MAX_FRAME_BYTES,
@@ -198,6 +199,18 @@ class ControllerSettings:
 
     def host_policy(self) -> WorkerHostPolicy:
         return WorkerHostPolicy(self.worker_allow_hosts, loopback_only=not self.worker_api_key)
+
+
+def check_request_bounds(body: ChatCompletionRequest, registry: WorkerRegistry) -> None:
+    """Refuse, as every worker of the model would (their statuses give their bounds), a request with too
+    many or too long stop strings or too many images, without forwarding it."""
+    stop_strings = registry.request_bound(body.model, "max_stop_strings")
+    stop_chars = registry.request_bound(body.model, "max_stop_chars")
+    images = registry.request_bound(body.model, "max_images")
+    if stop_strings is not None and stop_chars is not None:
+        check_stops(body.stop_list(), RequestLimits(max_stop_strings=stop_strings, max_stop_chars=stop_chars))
+    if images is not None:
+        check_image_count(image_part_count(body.messages), RequestLimits(max_images=images))
 
 
 def is_own_address(worker_name: str, settings: ControllerSettings) -> bool:
@@ -414,6 +427,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
         limit = registry.prompt_char_limit(parsed.model)
         if limit is not None and (chars := text_chars(parsed.messages)) > limit:
             raise prompt_too_long(chars, limit)  # as the worker would, without forwarding megabytes
+        check_request_bounds(parsed, registry)  # likewise for stop strings and images
         upstream = await runtime.open_worker(parsed.model, "/v1/chat/completions", raw,
                                              read="first" if parsed.stream else "all")
         if upstream is None:

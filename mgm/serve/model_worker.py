@@ -239,7 +239,8 @@ class ModelWorker:
     def status(self) -> dict[str, Any]:
         return {"model_names": [self.model_name], "speed": 1, "queue_length": self.queue_length,
                 "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
-                "max_prompt_chars": self.max_prompt_chars,
+                "max_prompt_chars": self.max_prompt_chars, "max_stop_strings": self.limits.max_stop_strings,
+                "max_stop_chars": self.limits.max_stop_chars, "max_images": self.limits.max_images,
                 "batching": self.batcher.stats()}
 
     @contextlib.asynccontextmanager

@@ -173,6 +173,14 @@ def _prompt_bound(status: WorkerStatus) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+REQUEST_BOUNDS = ("max_stop_strings", "max_stop_chars", "max_images")  # mgm workers report them in their status
+
+
+def _request_bounds(status: WorkerStatus) -> dict[str, int]:
+    extra = status.model_extra or {}
+    return {key: extra[key] for key in REQUEST_BOUNDS if isinstance(extra.get(key), int) and extra[key] > 0}
+
+
 @dataclass
 class WorkerInfo:
     """What the controller knows about one worker (times are `clock()` values, seconds).
@@ -190,6 +198,7 @@ class WorkerInfo:
     last_heart_beat: float
     keyed: bool = False
     max_prompt_chars: int | None = None
+    bounds: dict[str, int] = field(default_factory=dict)  # the worker's per-request bounds (REQUEST_BOUNDS)
 
 
 @dataclass
@@ -218,7 +227,7 @@ class WorkerRegistry:
         self.workers[normalize_worker_name(worker_name)] = WorkerInfo(
             model_names=list(status.model_names), speed=float(status.speed), queue_length=int(status.queue_length),
             check_heart_beat=check_heart_beat, last_heart_beat=self.clock(), keyed=keyed,
-            max_prompt_chars=_prompt_bound(status))
+            max_prompt_chars=_prompt_bound(status), bounds=_request_bounds(status))
 
     def refresh(self, worker_name: str, status: WorkerStatus) -> None:
         """A successful status poll: new status, clock restarted, registration flags kept."""
@@ -227,6 +236,7 @@ class WorkerRegistry:
             info.model_names, info.speed = list(status.model_names), float(status.speed)
             info.queue_length, info.last_heart_beat = int(status.queue_length), self.clock()
             info.max_prompt_chars = _prompt_bound(status)
+            info.bounds = _request_bounds(status)
 
     def remove(self, worker_name: str) -> bool:
         return self.workers.pop(normalize_worker_name(worker_name), None) is not None
@@ -263,6 +273,11 @@ class WorkerRegistry:
         """The largest prompt (characters) some worker of `model` (None: of any model) might take; None
         when one of them does not say."""
         bounds = [info.max_prompt_chars for info in self.workers.values() if model is None or model in info.model_names]
+        return max(bounds) if bounds and None not in bounds else None  # type: ignore[type-var]
+
+    def request_bound(self, model: str, key: str) -> int | None:
+        """The largest `key` bound (REQUEST_BOUNDS) among the workers of `model`; None when one does not say."""
+        bounds = [info.bounds.get(key) for info in self.workers.values() if model in info.model_names]
         return max(bounds) if bounds and None not in bounds else None  # type: ignore[type-var]
 
     def poll_targets(self) -> list[str]:
