@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import random
 import resource
 import threading
@@ -183,3 +184,27 @@ def test_limit_flags_parse_and_are_checked():
     assert s.limits == limits_mod.RequestLimits(3, 9, 1, 1000) and s.body_timeout == 4
     with pytest.raises(UserError, match="--max-images"):
         parse_settings(["--model-path", "x", "--max-images", "0"])
+
+
+def test_cutting_long_data_urls_out_before_parsing_gives_the_same_request():
+    from mgm.serve.chat_body import MIN_CUT_BYTES, cut_data_urls, parse_chat_request
+    from mgm.serve.openai_protocol import ChatCompletionRequest
+
+    long_url = "data:image/png;base64," + "QUJD" * (MIN_CUT_BYTES // 2)
+    escaped = "data:image/png;base64," + "QUJD" * (MIN_CUT_BYTES // 2) + "\\/"
+    text_with_key = 'he said "url": "data:x" ' + "y" * MIN_CUT_BYTES
+    body = {"model": "m", "metadata": {"url": long_url}, "stop": ["url"], "messages": [
+        {"role": "system", "content": text_with_key},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": long_url}},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                                     {"type": "image_url", "image_url": {"url": escaped, "detail": "high"}},
+                                     {"type": "image_url", "image_url": long_url},
+                                     {"type": "text", "text": "wörds"}]}]}
+    for raw in (json.dumps(body).encode(), json.dumps(body, indent=2, ensure_ascii=False).encode(),
+                json.dumps(body, separators=(",", ":")).encode().replace(b'"url":', b'"url"  :\n ')):
+        small, values = cut_data_urls(raw)
+        # the two long "url" values without escapes (metadata's and the first image's); not the escaped one,
+        # the bare-string image_url, or the text that quotes a "url" key
+        assert len(values) == 2 and len(small) < len(raw) - 2 * len(long_url) + 200
+        assert parse_chat_request(raw).messages == ChatCompletionRequest.model_validate_json(raw).messages
+    assert cut_data_urls(b'{"url": "data:' + b"A" * 10) == (b'{"url": "data:' + b"A" * 10, {})  # unterminated

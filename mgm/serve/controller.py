@@ -89,6 +89,7 @@ from mgm.serve.security import (
     json_body,
     presents_key,
 )
+from mgm.serve.chat_body import parse_chat_request
 from mgm.serve.limits import RequestLimits, check_image_count, check_stops, over_long_prompt
 from mgm.serve.upstream_limits import (
     DEFAULT_MAX_ANSWER_BYTES,
@@ -422,7 +423,7 @@ def create_app(settings: ControllerSettings | None = None, *, registry: WorkerRe
         bound = registry.prompt_char_limit(None)
         if bound is not None and body_surely_too_long(raw, bound):  # too long for every worker
             raise body_too_long_error(raw, bound)
-        parsed = await json_body(ChatCompletionRequest)(request)
+        parsed = await json_body(ChatCompletionRequest, parse_chat_request)(request)
         parsed.check_supported()  # refused here already: no worker sees it
         limit = registry.prompt_char_limit(parsed.model)
         if limit is not None and (chars := text_chars(parsed.messages)) > limit:

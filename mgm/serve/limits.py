@@ -28,7 +28,8 @@ DEFAULT_MAX_STOP_STRINGS = 16  # OpenAI's API takes 4; templates add one or two 
 DEFAULT_MAX_STOP_CHARS = 256
 DEFAULT_MAX_IMAGES = 8
 DEFAULT_MAX_REQUEST_PIXELS = 4096 * 4096 * 2  # two 4096^2 images; about 235 MB while decoding (7 B/pixel)
-HEADER_B64_CHARS = 64 * 1024  # base64 decoded to read an image header (48 KB of file: PNG/JPEG/WebP headers)
+HEADER_B64_CHARS = 256 * 1024  # base64 decoded to read an image header (192 KB of file: past any EXIF/ICC block)
+FULL_PROBE_B64_CHARS = 4 * 1024 * 1024  # a file with no header in that prefix is probed whole up to 3 MB
 DECODE_BYTES_PER_PIXEL = 7  # RGB (3) plus the source image (up to 4) while it is converted
 
 
@@ -132,13 +133,19 @@ def probe_base64_image(b64: str, policy: ImagePolicy, what: str = "image") -> Pe
     b64 = "".join(b64.split()) if _has_whitespace(b64) else b64  # line-wrapped base64 (MIME style)
     if len(b64) > HEADER_B64_CHARS:
         # the header is in the first bytes of a file: decode those only (the whole file, megabytes of
-        # base64 holding the interpreter, is decoded after the slot); a header further in: all of it
+        # base64 holding the interpreter, is decoded after the slot); a small file whose header lies
+        # further in is decoded whole, a large one is refused (no format puts its header that far in)
         try:
             header = probe_image(base64.b64decode(b64[:HEADER_B64_CHARS]), policy, what)
+        except ImageTooLargeError:
+            raise
         except (ImageInputError, binascii.Error, ValueError):
             header = None
         if header is not None:
             return PendingImage(b64, header.size, what)
+        if len(b64) > FULL_PROBE_B64_CHARS:
+            raise ImageInputError(f"{what}: not a readable image file (no image header in its first "
+                                  f"{HEADER_B64_CHARS * 3 // 4 // 1024} KB)")
     try:
         data = base64.b64decode(b64)
     except (binascii.Error, ValueError) as exc:

@@ -59,6 +59,7 @@ from mgm.serve.openai_protocol import (
     sse_event,
     text_chars,
 )
+from mgm.serve.chat_body import parse_chat_request
 from mgm.serve.limits import PendingImage, RequestLimits, check_image_count, check_pixels, check_stops, decode_all
 from mgm.serve.protocol import ModelNotFoundError, RequestError, error_body, request_error_body
 from mgm.serve.security import ImagePolicy, json_body
@@ -183,7 +184,7 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
                                      f"`{backend.model_name}`", param="model")
         return ModelCard(id=model_id).model_dump()
 
-    parse_body = json_body(ChatCompletionRequest)
+    parse_body = json_body(ChatCompletionRequest, parse_chat_request)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Response:

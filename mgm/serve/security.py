@@ -136,9 +136,10 @@ def parse_json_body(raw: bytes, model: type[M]) -> M:
         raise RequestError(f"invalid request body: {format_validation_errors(exc.errors())}") from None
 
 
-def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A FastAPI dependency: the request body parsed by `parse_json_body`; a large one in a thread, one
-    at a time per app (`install_large_body_gate`)."""
+def json_body(model: type[M], large_parser: Callable[[bytes, type[M]], M] = parse_json_body
+              ) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body parsed by `parse_json_body`; a large one by `large_parser`
+    in a thread, one at a time per app (`install_large_body_gate`)."""
 
     async def parse(request: Request) -> M:
         raw = await request.body()
@@ -146,7 +147,7 @@ def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
             return parse_json_body(raw, model)
         gate = getattr(request.app.state, "large_body_gate", None)
         async with gate if gate is not None else contextlib.nullcontext():
-            return await asyncio.to_thread(parse_json_body, raw, model)
+            return await asyncio.to_thread(large_parser, raw, model)
 
     return parse
 
