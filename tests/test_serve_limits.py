@@ -208,3 +208,54 @@ def test_cutting_long_data_urls_out_before_parsing_gives_the_same_request():
         assert len(values) == 2 and len(small) < len(raw) - 2 * len(long_url) + 200
         assert parse_chat_request(raw).messages == ChatCompletionRequest.model_validate_json(raw).messages
     assert cut_data_urls(b'{"url": "data:' + b"A" * 10) == (b'{"url": "data:' + b"A" * 10, {})  # unterminated
+
+
+def test_health_stays_quick_while_three_clients_send_20_mb_image_bodies(worker):
+    """Case 6: bodies that must be parsed (a 20 MB data URL that is no image) keep the event loop free:
+    their data URLs are cut out before the parse, large parses go one at a time, only the first 192 KB of
+    the base64 are decoded, and each is refused with a 400."""
+    w, _ = worker
+    server = ServerThread(create_app(make_worker(w.engine, w.conv_mode)))
+    noise = base64.b64encode(bytes(range(256)) * (15 * 1024 * 1024 // 256)).decode()
+    body = json.dumps({"model": TINY_MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + noise}},
+        {"type": "text", "text": "What is it?"}]}]}).encode()
+    codes: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(trust_env=False, timeout=60) as client:
+            for _ in range(2):
+                codes.append(client.post(server.url + "/v1/chat/completions", content=body,
+                                         headers={"content-type": "application/json"}).status_code)
+
+    try:
+        senders = [threading.Thread(target=send) for _ in range(3)]
+        for sender in senders:
+            sender.start()
+        worst = 0.0
+        while any(sender.is_alive() for sender in senders):
+            t0 = time.monotonic()
+            assert httpx.get(server.url + "/health", trust_env=False, timeout=10).status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.02)
+        assert codes == [400] * 6
+        # generous for a shared 2-core machine; a parse or a full decode on the event loop takes longer
+        assert worst < 3.0, f"/health took {worst:.2f} s while 20 MB bodies were parsed"
+    finally:
+        server.stop()
+
+
+def test_a_large_base64_image_is_probed_from_its_first_bytes_and_decoded_later():
+    from serving_helpers import image_bytes
+
+    padded = image_bytes((48, 40)) + b"\0" * (5 * 1024 * 1024)  # a PNG ends at IEND: the rest is ignored
+    url = "data:image/png;base64," + base64.b64encode(padded).decode()
+    policy = limits_mod.ImagePolicy()
+    pending = limits_mod.probe_base64_image(url, policy)
+    assert pending.size == (48, 40) and pending.data is url  # nothing decoded or copied yet
+    assert pending.decode(policy).size == (48, 40)
+    wrapped = base64.encodebytes(padded).decode()  # MIME line breaks every 76 characters
+    assert limits_mod.probe_base64_image(wrapped, policy).size == (48, 40)
+    noise = base64.b64encode(b"\1" * (5 * 1024 * 1024)).decode()
+    with pytest.raises(limits_mod.ImageInputError, match="no image header"):
+        limits_mod.probe_base64_image(noise, policy)

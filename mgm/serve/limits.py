@@ -95,6 +95,8 @@ class PendingImage:
         """The decoded image (ImageInputError when the data past the header is corrupt)."""
         data = self.data
         if isinstance(data, str):
+            if data.startswith("data:"):
+                data = data[data.index(",") + 1:]
             try:
                 data = base64.b64decode(data)
             except (binascii.Error, ValueError) as exc:
@@ -122,32 +124,41 @@ def probe_image(data: bytes, policy: ImagePolicy, what: str = "image") -> Pendin
 
 
 def probe_base64_image(b64: str, policy: ImagePolicy, what: str = "image") -> PendingImage:
-    """`probe_image` of a base64 string (an optional `data:...;base64,` prefix is accepted)."""
+    """`probe_image` of a base64 string (an optional `data:...;base64,` prefix is accepted).
+
+    Megabytes of base64 are never copied or scanned whole here: only a prefix is decoded (see below).
+    """
+    start = 0
     if b64.startswith("data:"):
-        header, sep, b64 = b64.partition(",")
-        if not sep or ";base64" not in header:
+        comma = b64.find(",", 0, 1024)
+        if comma < 0 or ";base64" not in b64[:comma]:
             raise ImageInputError(f"{what}: only base64 data URLs are supported")
-    if len(b64) * 3 // 4 > policy.max_bytes + 3:  # refused before decoding: 4 characters per 3 bytes
-        raise ImageTooLargeError(f"{what}: about {len(b64) * 3 // 4} bytes is over the limit of "
+        start = comma + 1
+    chars = len(b64) - start
+    if chars * 3 // 4 > policy.max_bytes + 3:  # refused before decoding: 4 characters per 3 bytes
+        raise ImageTooLargeError(f"{what}: about {chars * 3 // 4} bytes is over the limit of "
                                  f"{policy.max_bytes} bytes")
-    b64 = "".join(b64.split()) if _has_whitespace(b64) else b64  # line-wrapped base64 (MIME style)
-    if len(b64) > HEADER_B64_CHARS:
+    if chars > HEADER_B64_CHARS:
         # the header is in the first bytes of a file: decode those only (the whole file, megabytes of
         # base64 holding the interpreter, is decoded after the slot); a small file whose header lies
         # further in is decoded whole, a large one is refused (no format puts its header that far in)
+        prefix = b64[start:start + HEADER_B64_CHARS]
+        if _has_whitespace(prefix):  # line-wrapped base64 (MIME style): whole groups of 4 only
+            prefix = "".join(prefix.split())
+            prefix = prefix[:len(prefix) // 4 * 4]
         try:
-            header = probe_image(base64.b64decode(b64[:HEADER_B64_CHARS]), policy, what)
+            header = probe_image(base64.b64decode(prefix), policy, what)
         except ImageTooLargeError:
             raise
         except (ImageInputError, binascii.Error, ValueError):
             header = None
         if header is not None:
             return PendingImage(b64, header.size, what)
-        if len(b64) > FULL_PROBE_B64_CHARS:
+        if chars > FULL_PROBE_B64_CHARS:
             raise ImageInputError(f"{what}: not a readable image file (no image header in its first "
                                   f"{HEADER_B64_CHARS * 3 // 4 // 1024} KB)")
     try:
-        data = base64.b64decode(b64)
+        data = base64.b64decode(b64[start:])
     except (binascii.Error, ValueError) as exc:
         raise ImageInputError(f"{what}: invalid base64 ({exc})") from None
     return probe_image(data, policy, what)
