@@ -56,6 +56,9 @@ def resolve_demo_auth(spec: str | None, *, host: str, share: bool, api_key: str 
                       announce: Callable[[str], None] | None = None) -> list[tuple[str, str]] | None:
     """The credentials for Gradio's `auth=` (None = no login), by the rules in the module docstring."""
     if spec is not None and spec.strip().lower() == OFF:
+        if login_needed(host, share, api_key):
+            (announce or _to_stderr)("The web demo runs without a login (--demo-auth none): anyone who reaches "
+                                     "its port can chat through the controller")
         return None
     if spec:
         return parse_credentials(spec)
