@@ -18,7 +18,11 @@ worker serving the requested model, keys, a request-body limit, and these fixes 
 - a worker that cannot be reached is dropped at once and the request goes to another worker of the
   same model (for streams: only before anything was sent to the client);
 - no request to an empty address after a "no worker" answer (docs/original.md#fixed-defects), every worker request has a
-  timeout, worker URLs are normalised (no trailing "/").
+  timeout, worker URLs are normalised (one entry per scheme/host/port/path), the controller's own
+  address is refused;
+- what a worker sends is bounded (mgm.serve.upstream_limits: status size and model names, stream
+  messages and totals, non-stream answers) and logged as summaries; heart beats come from the worker's
+  host with a queue length >= 0; `POST /deregister_worker` removes a worker.
 
 `create_app(settings)` builds the FastAPI app (nothing is built at import); `main(argv)` runs it with
 uvicorn. The registry is only touched from the event loop (all endpoints are `async`), so it needs no

@@ -24,7 +24,9 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
   bound, `prompt_char_limit`), and tokenising and image decoding run off the event loop;
 - registration happens once the server accepts connections (the controller calls back to verify it),
   carrying the worker key `--api-key` (mgm.serve.worker_heart_beat);
-- a client that disconnects stops its generation; the worker keeps serving the others.
+- a client that disconnects stops its generation; the worker keeps serving the others;
+- each request's cost is bounded before it queues (mgm.serve.limits: stop strings, images, pixels per
+  request), images are decoded only once it holds a slot, an over-long prompt is a 400 (not echoed back).
 """
 from __future__ import annotations
 
