@@ -14,9 +14,10 @@ serialises requests: about 1x).
 Token counts are the server's `usage.completion_tokens`. `--json FILE` also writes the numbers.
 
 Then the hostile-input check: p50/p95 latency of a small request (`--hostile-requests` of them, one
-after another) on a quiet server, and again while another client keeps sending a maximal bad request
-(a `--bad-mb` MB text prompt, far over the context, each answered 400); the ratio of the two p95s
-(target: under 2x). `--hostile-only` runs just this part.
+after another) on a quiet server, and again while `--flood-clients` other clients keep sending bad
+requests of one kind (`--floods`: a `--bad-mb` MB text prompt; 20,000 stop strings; four 1-bit
+8192^2 PNGs; a `--bad-mb` MB body that must be parsed), each refused with a 4xx; per flood the ratio
+of the two p95s (target: under 2x), and the worker's peak RSS. `--hostile-only` runs just this part.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -138,29 +140,82 @@ async def run_level(base_url: str, model: str, concurrency: int, requests: int, 
                       errors=errors, samples=samples)
 
 
-def flood_bad_requests(url: str, model: str, bad_mb: float, active, stop, results) -> None:
-    """Another client, in its own process: while `active` is set, POST a `bad_mb` MB prompt again and
-    again; at `stop`, put (status codes, milliseconds per request) on `results`."""
-    words = "hello " * int(bad_mb * 1024 * 1024 / 6)
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}).encode()
-    del words
+FLOODS = ("text", "stops", "images", "bigbody")
+FLOOD_STATUS = {"text": 400, "stops": 400, "images": 413, "bigbody": 400}
+
+
+def flood_body(kind: str, model: str, bad_mb: float) -> bytes:
+    """One bad request of `kind` (issue 21's probes):
+    text: a `bad_mb` MB prompt far over the context (400 before parsing);
+    stops: 20,000 stop strings of 300 characters and one tiny image part, which skips the pre-parse size
+        check (6 MB; 400 for too many stop strings);
+    images: four 1-bit 8192x8192 PNGs in 42 KB (413 for the pixels per request, from the headers);
+    bigbody: a `bad_mb` MB data URL that is not an image, so the body must be parsed (400)."""
+    from PIL import Image
+
+    def message(content) -> bytes:
+        return json.dumps({"model": model, "max_tokens": 4,
+                           "messages": [{"role": "user", "content": content}]}).encode()
+
+    if kind == "text":
+        return message("hello " * int(bad_mb * 1024 * 1024 / 6))
+    if kind == "stops":
+        body = json.loads(message([{"type": "image_url", "image_url": {"url": tiny_image_data_url()}},
+                                   {"type": "text", "text": "hi"}]))
+        body["stop"] = [f"{k:06d}" + "s" * 294 for k in range(20_000)]
+        return json.dumps(body).encode()
+    if kind == "images":
+        buffer = io.BytesIO()
+        Image.new("1", (8192, 8192)).save(buffer, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        return message([{"type": "image_url", "image_url": {"url": url}} for _ in range(4)]
+                       + [{"type": "text", "text": "What are these?"}])
+    if kind == "bigbody":
+        noise = base64.b64encode(os.urandom(int(bad_mb * 1024 * 1024 * 3 / 4))).decode()
+        return message([{"type": "image_url", "image_url": {"url": "data:image/png;base64," + noise}},
+                        {"type": "text", "text": "What is it?"}])
+    raise ValueError(f"unknown flood {kind!r}; one of {', '.join(FLOODS)}")
+
+
+def flood_bad_requests(url: str, model: str, kind: str, bad_mb: float, clients: int, active, stop, results) -> None:
+    """Other clients, in their own process: while `active` is set, `clients` threads POST a bad request
+    of `kind` again and again; at `stop`, put (status codes, milliseconds per request) on `results`."""
+    import threading
+
+    body = flood_body(kind, model, bad_mb)
     codes: list[int] = []
     times: list[float] = []
-    with httpx.Client(timeout=300, trust_env=False) as client:
-        while not stop.is_set():
-            if not active.wait(0.05):
-                continue
-            t0 = time.perf_counter()
-            response = client.post(url, content=body, headers={"content-type": "application/json"})
-            times.append((time.perf_counter() - t0) * 1000)
-            codes.append(response.status_code)
+
+    def client_loop() -> None:
+        with httpx.Client(timeout=300, trust_env=False) as client:
+            while not stop.is_set():
+                if not active.wait(0.05):
+                    continue
+                t0 = time.perf_counter()
+                response = client.post(url, content=body, headers={"content-type": "application/json"})
+                times.append((time.perf_counter() - t0) * 1000)
+                codes.append(response.status_code)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     results.put((codes, times))
 
 
+def peak_rss_mb(pid: int) -> float:
+    """A process's peak resident memory (VmHWM, Linux), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 async def hostile_check(base_url: str, model: str, requests: int, image_url: str | None, max_tokens: int,
-                        bad_mb: float, repeats: int) -> dict[str, float]:
-    """p50/p95 latency (ms) of small requests, quiet and while another client floods maximal bad requests;
-    `repeats` quiet/flooded phase pairs, interleaved, so a busy spell of the machine hits both."""
+                        bad_mb: float, repeats: int, kind: str = "text", clients: int = 1) -> dict[str, float]:
+    """p50/p95 latency (ms) of small requests, quiet and while `clients` other clients flood bad requests
+    of `kind`; `repeats` quiet/flooded phase pairs, interleaved, so a busy spell of the machine hits both."""
     import multiprocessing
 
     from openai import AsyncOpenAI
@@ -175,14 +230,14 @@ async def hostile_check(base_url: str, model: str, requests: int, image_url: str
     context = multiprocessing.get_context("spawn")
     active, stop, results = context.Event(), context.Event(), context.Queue()
     flood = context.Process(target=flood_bad_requests, daemon=True, args=(
-        base_url + "/chat/completions", model, bad_mb, active, stop, results))
+        base_url + "/chat/completions", model, kind, bad_mb, clients, active, stop, results))
     flood.start()
     quiet: list[float] = []
     loaded: list[float] = []
     for _ in range(repeats):
         quiet += await small_requests()
         active.set()
-        await asyncio.sleep(1.0)  # the flood is running (the first repeat: the child has built its body)
+        await asyncio.sleep(1.0 if quiet[requests:] else 3.0)  # the flood is running (first: its body is built)
         loaded += await small_requests()
         active.clear()
         await asyncio.sleep(0.5)  # the last bad request is answered
@@ -190,20 +245,22 @@ async def hostile_check(base_url: str, model: str, requests: int, image_url: str
     codes, rejected = await asyncio.to_thread(results.get, True, 300)
     flood.join(30)
     await http_client.aclose()
-    if not codes or set(codes) != {400}:
-        raise SystemExit(f"bad requests were not all refused with 400: HTTP {sorted(set(codes))}")
-    result = {"bad_mb": bad_mb, "requests": len(quiet), "bad_requests_refused": len(codes),
-              "bad_request_ms_p50": percentile(rejected, 50),
+    if not codes or set(codes) != {FLOOD_STATUS[kind]}:
+        raise SystemExit(f"{kind} flood: bad requests were not all refused with {FLOOD_STATUS[kind]}: "
+                         f"HTTP {sorted(set(codes))}")
+    result = {"flood": kind, "clients": clients, "bad_mb": bad_mb, "requests": len(quiet),
+              "bad_requests_refused": len(codes), "bad_request_ms_p50": percentile(rejected, 50),
               "quiet_p50_ms": percentile(quiet, 50), "quiet_p95_ms": percentile(quiet, 95),
               "flooded_p50_ms": percentile(loaded, 50), "flooded_p95_ms": percentile(loaded, 95)}
     result["p95_ratio"] = result["flooded_p95_ms"] / result["quiet_p95_ms"]
     return result
 
 
-def print_hostile(h: dict[str, float]) -> None:
-    print(f"small requests ({h['requests']} quiet, {h['requests']} flooded), quiet: p50 {h['quiet_p50_ms']:.0f} ms, p95 "
-          f"{h['quiet_p95_ms']:.0f} ms; while another client sends {h['bad_mb']:g} MB bad requests "
-          f"({h['bad_requests_refused']} refused with 400, p50 {h['bad_request_ms_p50']:.0f} ms each): p50 "
+def print_hostile(h: dict[str, Any]) -> None:
+    print(f"[{h['flood']}] small requests ({h['requests']} quiet, {h['requests']} flooded), quiet: p50 "
+          f"{h['quiet_p50_ms']:.0f} ms, p95 {h['quiet_p95_ms']:.0f} ms; while {h['clients']} other client(s) send "
+          f"{h['flood']} bad requests ({h['bad_requests_refused']} refused with {FLOOD_STATUS[h['flood']]}, p50 "
+          f"{h['bad_request_ms_p50']:.0f} ms each): p50 "
           f"{h['flooded_p50_ms']:.0f} ms, p95 {h['flooded_p95_ms']:.0f} ms; p95 ratio {h['p95_ratio']:.2f}x "
           f"(target < 2x)")
 
@@ -274,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="size of the bad request's prompt in MB (default 20, the size that stalled the original "
                         "worker; the servers' body limit is 64 MiB)")
     p.add_argument("--hostile-only", action="store_true", help="run only the hostile-input check")
+    p.add_argument("--floods", nargs="+", choices=FLOODS, default=list(FLOODS),
+                   help="bad-request floods of the hostile-input check (default: all): text (a --bad-mb prompt), "
+                        "stops (20,000 stop strings), images (four 1-bit 8192^2 PNGs), bigbody (a --bad-mb data "
+                        "URL that must be parsed)")
+    p.add_argument("--flood-clients", type=int, default=3,
+                   help="clients sending bad requests at once during a flood (default 3)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     return p
 
@@ -306,16 +369,22 @@ def main(argv: list[str] | None = None) -> int:
             base = (worker if args.direct else controller) + "/v1"
             image = None if args.no_image else tiny_image_data_url()
             asyncio.run(run_level(base, model, 2, 1, image, args.max_tokens))  # warm-up
-            hostile = None
+            hostile: list[dict[str, Any]] = []
             if args.hostile_requests > 0:
-                hostile = asyncio.run(hostile_check(base, model, args.hostile_requests, image,
-                                                    min(args.max_tokens, 8), args.bad_mb, args.repeats))
-                print_hostile(hostile)
+                rss_before = peak_rss_mb(procs[1].pid)
+                for kind in args.floods:
+                    hostile.append(asyncio.run(hostile_check(base, model, args.hostile_requests, image,
+                                                             min(args.max_tokens, 8), args.bad_mb, args.repeats,
+                                                             kind, args.flood_clients)))
+                    hostile[-1]["worker_peak_rss_mb"] = peak_rss_mb(procs[1].pid)
+                    print_hostile(hostile[-1])
+                print(f"worker peak RSS: {rss_before:.0f} MB before the floods, "
+                      f"{peak_rss_mb(procs[1].pid):.0f} MB after them")
             if args.hostile_only:
                 if args.json:
                     Path(args.json).write_text(json.dumps({"model": model, "device": args.device,
                                                            "hostile": hostile}, indent=2))
-                return 0 if hostile is None or hostile["p95_ratio"] < 2 else 1
+                return 0 if all(h["p95_ratio"] < 2 for h in hostile) else 1
             print(f"model {model} on {args.device} ({args.worker_threads or 'default'} worker threads, "
                   f"{args.batching} batching); "
                   f"max_tokens {args.max_tokens}; {args.repeats} repeats (median tokens/s); "

@@ -108,7 +108,7 @@ def test_open_registration_contacts_loopback_hosts_only_and_the_allow_list_binds
         for server in (loopback_only, listed, worker.server):
             server.stop()
     policy = WorkerHostPolicy(("gpu-1", "10.0.0.0/8"))
-    assert policy.check("http://GPU-1:21002/") == "http://GPU-1:21002"
+    assert policy.check("http://GPU-1:21002/") == "http://gpu-1:21002"  # one entry per scheme/host/port/path
     assert policy.check("http://10.9.8.7:1") and pytest.raises(Exception, policy.check, "http://11.0.0.1:1")
 
 

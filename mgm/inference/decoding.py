@@ -54,13 +54,78 @@ def trim_stop(text: str, stop: list[str]) -> str:
 
 def held_back(text: str, stops: list[str]) -> int:
     """Length of the longest suffix of `text` that could be the start of a stop string (not yet sent)."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best
+    matcher = StopMatcher(stops)
+    matcher.feed(text)
+    return matcher.pending
+
+
+class StopMatcher:
+    """Finds stop strings in text fed piece by piece, at a cost per character that does not depend on
+    how many stop strings there are (an Aho-Corasick automaton, built once per request).
+
+    `feed(piece)` returns the offset into everything fed so far where the earliest-starting stop string
+    begins, or None; `pending` is then the length of the longest tail of the text that is the start of
+    some stop string (the text to hold back). Building costs the total length of the stop strings, which
+    the servers bound per request (mgm.serve.limits).
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        goto: list[dict[str, int]] = [{}]
+        depth = [0]
+        longest = [0]  # length of the longest stop string that ends at this state
+        for stop in stops:
+            if not stop:
+                continue
+            state = 0
+            for char in stop:
+                nxt = goto[state].get(char)
+                if nxt is None:
+                    nxt = len(goto)
+                    goto[state][char] = nxt
+                    goto.append({})
+                    depth.append(depth[state] + 1)
+                    longest.append(0)
+                state = nxt
+            longest[state] = len(stop)
+        fail = [0] * len(goto)
+        queue = list(goto[0].values())
+        for state in queue:  # breadth first: a state's fail link points to a shallower state
+            for char, nxt in goto[state].items():
+                link = fail[state]
+                while link and char not in goto[link]:
+                    link = fail[link]
+                target = goto[link].get(char, 0)
+                fail[nxt] = target if target != nxt else 0
+                longest[nxt] = max(longest[nxt], longest[fail[nxt]])
+                queue.append(nxt)
+        self._goto, self._fail, self._depth, self._longest = goto, fail, depth, longest
+        self._state = 0
+        self._fed = 0
+
+    @property
+    def pending(self) -> int:
+        """Characters at the end of the text that may be the start of a stop string."""
+        return self._depth[self._state]
+
+    def feed(self, piece: str) -> int | None:
+        """Take the next text; the start offset (in all text fed) of the earliest stop string found, or None.
+
+        The whole piece is read, so a longer stop string that starts earlier than a shorter one that
+        ends first (both inside this piece) wins, as a search of the whole text would find.
+        """
+        goto, fail, longest = self._goto, self._fail, self._longest
+        state = self._state
+        first: int | None = None
+        for index, char in enumerate(piece, self._fed):
+            while state and char not in goto[state]:
+                state = fail[state]
+            state = goto[state].get(char, 0)
+            if longest[state]:
+                start = index - longest[state] + 1
+                first = start if first is None else min(first, start)
+        self._state = state
+        self._fed += len(piece)
+        return first
 
 
 class Row:
@@ -86,6 +151,7 @@ class Row:
         self.decoder = IncrementalDecoder(engine.tokenizer)
         self.result = RowResult()
         self.raw = ""  # decoded text, including what is held back for a possible stop string
+        self.stops = StopMatcher(request.params.stop)
         self.done = False
 
     def is_cancelled(self) -> bool:
@@ -131,15 +197,15 @@ class Row:
             return
         result = self.result
         result.completion_tokens += 1
-        self.raw += self.decoder.push(token)
-        stops = self.request.params.stop
-        hits = [self.raw.find(s) for s in stops if s and s in self.raw]
-        if hits:
-            self.raw = self.raw[:min(hits)]
+        piece = self.decoder.push(token)
+        self.raw += piece
+        cut = self.stops.feed(piece)  # only the new text is read: the cost does not grow with the stops
+        if cut is not None:
+            self.raw = self.raw[:cut]
             self._emit(self.raw[len(result.text):])
             self.finish("stop_string")
             return
-        keep = held_back(self.raw, stops)
+        keep = self.stops.pending
         self._emit(self.raw[len(result.text):len(self.raw) - keep])
         if result.completion_tokens >= self.max_tokens:
             self.finish("length")

@@ -11,6 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
+from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.errors import UserError, exit_on_user_error
 from mgm.program import program_name
 from mgm.serve.ocr import BACKENDS as OCR_BACKENDS
@@ -60,6 +61,10 @@ def check_args(args: argparse.Namespace) -> None:
         source = source.strip()
         if source and not source.startswith(("http://", "https://")) and Path(source).is_dir():
             raise UserError(f"--image-file {source} is a directory; give image files (comma-separated)")
+        if source and not source.startswith(("http://", "https://")) and Path(source).exists() \
+                and not Path(source).is_file():
+            raise UserError(f"--image-file {source} is not a regular file (a device, pipe or socket); give an "
+                            "image file")
 
 
 def _read_line(prompt: str, interactive: bool) -> str | None:
@@ -137,11 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     user_role, assistant_role = conv.roles
     first = True
     while True:
-        line = _read_line(f"{user_role}: ", interactive)
+        try:
+            line = _read_line(f"{user_role}: ", interactive)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: leave, without a traceback
+            print("\nexit...")
+            return 0
         if line is None or not line.strip():
             print("exit...")
             return 0
         text = line.strip()
+        if DEFAULT_IMAGE_TOKEN in text:  # the tag is the images' place holder, never the user's text
+            print(f"[the text may not contain {DEFAULT_IMAGE_TOKEN}: images come from --image-file; "
+                  "ask again without it]", file=sys.stderr)
+            continue
         if ocr_text is not None and first:
             text += "\nReference OCR Token: " + ocr_text + "\n"
         if pipe is not None:
@@ -151,15 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             if len(images) >= 2:
                 parts = text.split("<image>")
                 text = parts[0] + "".join(f"Image {k}:<image>{rest}" for k, rest in enumerate(parts[1:], 1))
-        first = False
+        turn_was_first, first = first, False
         conv.append_message(conv.roles[0], text)
         conv.append_message(conv.roles[1], None)
         prompt = conv.get_prompt()
         print(f"{assistant_role}: ", end="", flush=True)
         pieces = []
-        for piece in engine.stream(Request(prompt, images, params), cancel=threading.Event()):
-            print(piece, end="", flush=True)
-            pieces.append(piece)
+        try:
+            for piece in engine.stream(Request(prompt, images, params), cancel=threading.Event()):
+                print(piece, end="", flush=True)
+                pieces.append(piece)
+        except KeyboardInterrupt:  # Ctrl-C while answering: stop this answer, keep the conversation
+            print("\n[answer interrupted; the conversation goes on, an empty line or Ctrl-D exits]", flush=True)
+        except UserError as exc:  # e.g. the conversation no longer fits the context: this turn only
+            print(f"\n[error: {exc}]", file=sys.stderr, flush=True)
+            del conv.messages[-2:]
+            first = turn_was_first  # the images and OCR text go with the next question instead
+            continue
         print()
         answer = "".join(pieces).strip()
         conv.messages[-1][-1] = answer

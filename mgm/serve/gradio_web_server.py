@@ -40,6 +40,7 @@ from PIL import Image
 
 from mgm.conversation import conv_templates
 from mgm.errors import UserError, exit_on_user_error
+from mgm.serve.demo_auth import resolve_demo_auth
 from mgm.serve.logging_utils import build_logger, get_logdir
 from mgm.serve.protocol import MODERATION_MSG, SERVER_ERROR_MSG, iter_chunks
 from mgm.serve.security import auth_headers
@@ -105,6 +106,7 @@ class WebSettings:
     worker_api_key: str | None = None  # sent to the workers it streams from (their --api-key); None = api_key
     request_timeout: float = 30.0  # seconds between two stream chunks before giving up
     log_dir: str | None = None
+    demo_auth: str | None = None  # user:password, a file of them, or "none" (mgm.serve.demo_auth)
 
     def __post_init__(self) -> None:
         if self.model_list_mode not in ("once", "reload"):
@@ -113,6 +115,9 @@ class WebSettings:
             raise UserError(f"--controller-url {self.controller_url!r} must be an http(s) URL")
         if self.concurrency_count < 1:
             raise UserError(f"--concurrency-count must be >= 1, got {self.concurrency_count}")
+        for flag, key in (("--api-key", self.api_key), ("--worker-api-key", self.worker_api_key)):
+            if key == "":  # an empty key must not quietly mean "no key"
+                raise UserError(f"{flag} (or its environment variable) is empty: give a key, or leave it out")
 
 
 def sort_models(models: list[str]) -> list[str]:
@@ -168,8 +173,7 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
     logger = logger or logging.getLogger(LOGGER_NAME)
     backend = Backend(settings, logger)
     log_dir = get_logdir(settings.log_dir)
-    if models is None:
-        models = backend.model_list()
+    models = backend.model_list() if models is None else list(models)  # refreshed on page loads while empty
     notice_text = no_worker_notice(settings.controller_url)
 
     def log_event(kind: str, model: str, session: ChatSession, request: gr.Request | None, **extra: Any) -> None:
@@ -184,7 +188,10 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
 
     # -- handlers ----------------------------------------------------------------------------------
     def load_demo(request: gr.Request):
-        names = backend.model_list() if settings.model_list_mode == "reload" else list(models)
+        # an empty list is fetched again: the controller may have been down, or had no worker yet, at start
+        if settings.model_list_mode == "reload" or not models:
+            models[:] = backend.model_list()
+        names = list(models)
         wanted = dict(request.query_params).get("model") if request is not None else None
         value = wanted if wanted in names else (names[0] if names else None)
         return (ChatSession(), gr.update(choices=names, value=value, visible=True),
@@ -225,6 +232,8 @@ def build_demo(settings: WebSettings, models: list[str] | None = None, logger: l
             yield (session, session.chatbot()) + (gr.update(),) * 6
             return
         conv = session.conv
+        if not model:  # none was listed when the page loaded: a worker may have registered since
+            model = next(iter(backend.model_list()), None)
         if not model:
             conv.messages[-1][-1] = notice_text
             yield (session, session.chatbot(), gr.update(value=notice_text, visible=True)) + \
@@ -385,7 +394,7 @@ def parse_settings(argv: list[str] | None = None) -> WebSettings:
                        concurrency_count=a.concurrency_count, model_list_mode=a.model_list_mode,
                        moderate=a.moderate, embed=a.embed, api_key=a.api_key, worker_api_key=a.worker_api_key,
                        request_timeout=a.request_timeout,
-                       log_dir=a.log_dir)
+                       log_dir=a.log_dir, demo_auth=a.demo_auth)
 
 
 def launch(settings: WebSettings, logger: logging.Logger | None = None, **launch_kwargs: Any):
@@ -394,6 +403,9 @@ def launch(settings: WebSettings, logger: logging.Logger | None = None, **launch
     log_dir = Path(get_logdir(settings.log_dir)).resolve()
     (log_dir / "serve_images").mkdir(parents=True, exist_ok=True)
     demo.queue(default_concurrency_limit=settings.concurrency_count, api_open=False)
+    if "auth" not in launch_kwargs:
+        launch_kwargs["auth"] = resolve_demo_auth(settings.demo_auth, host=settings.host, share=settings.share,
+                                                  api_key=settings.api_key)
     demo.launch(server_name=settings.host, server_port=settings.port, share=settings.share,
                 allowed_paths=[str(log_dir / "serve_images"), str(EXAMPLES_DIR)], **launch_kwargs)
     return demo

@@ -2,7 +2,9 @@
 
 Unlike the original `build_logger` (docs/original.md#utils) this never replaces `sys.stdout` /
 `sys.stderr` and touches no logger but the one it builds; nothing happens at import. The log directory
-is `logdir`, else the environment variable `MGM_LOGDIR`, else "." (the original `LOGDIR`).
+is `logdir` (the servers' `--log-dir`), else the environment variable `MGM_LOGDIR`, else one folder per
+user: `$XDG_STATE_HOME/mgm/logs`, i.e. `~/.local/state/mgm/logs` (the original wrote into the current
+folder, so every server started elsewhere left its logs somewhere else).
 """
 from __future__ import annotations
 
@@ -14,14 +16,19 @@ import sys
 LOG_FORMAT = "%(asctime)s | %(levelname)s | %(name)s | %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOGDIR_ENV = "MGM_LOGDIR"
-DEFAULT_LOGDIR = "."
+
+
+def default_logdir() -> str:
+    """`$XDG_STATE_HOME/mgm/logs`, else `~/.local/state/mgm/logs`."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "mgm", "logs")
 
 
 def get_logdir(logdir: str | os.PathLike[str] | None = None) -> str:
-    """`logdir` if given, else `$MGM_LOGDIR`, else "."."""
+    """`logdir` if given, else `$MGM_LOGDIR`, else `default_logdir()`."""
     if logdir is not None:
         return os.fspath(logdir)
-    return os.environ.get(LOGDIR_ENV) or DEFAULT_LOGDIR
+    return os.environ.get(LOGDIR_ENV) or default_logdir()
 
 
 class _StderrHandler(logging.StreamHandler):

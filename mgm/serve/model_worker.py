@@ -24,7 +24,9 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
   bound, `prompt_char_limit`), and tokenising and image decoding run off the event loop;
 - registration happens once the server accepts connections (the controller calls back to verify it),
   carrying the worker key `--api-key` (mgm.serve.worker_heart_beat);
-- a client that disconnects stops its generation; the worker keeps serving the others.
+- a client that disconnects stops its generation; the worker keeps serving the others;
+- each request's cost is bounded before it queues (mgm.serve.limits: stop strings, images, pixels per
+  request), images are decoded only once it holds a slot, an over-long prompt is a 400 (not echoed back).
 """
 from __future__ import annotations
 
@@ -56,6 +58,15 @@ from mgm.errors import UserError, exit_on_user_error
 from mgm.serve.batcher import DynamicBatcher, Ticket
 from mgm.serve.engine import GenerationParams, InferenceEngine, context_limit, request_token_count
 from mgm.serve.engine import Request as EngineRequest
+from mgm.serve.limits import (
+    PendingImage,
+    check_image_count,
+    check_pixels,
+    check_stops,
+    decode_all,
+    over_long_prompt,
+    probe_base64_image,
+)
 from mgm.serve.logging_utils import build_logger
 from mgm.serve.protocol import (
     ERROR_OK,
@@ -68,12 +79,14 @@ from mgm.serve.protocol import (
     error_chunk,
 )
 from mgm.serve.security import (
+    DEFAULT_IDLE_TIMEOUT,
     BodySizeLimitMiddleware,
     ImagePolicy,
     api_key_dependency,
     decode_base64_image,
     error_response,
     install_error_handlers,
+    install_large_body_gate,
     json_body,
 )
 from mgm.serve.worker_heart_beat import ControllerLink
@@ -174,6 +187,7 @@ class ModelWorker:
         self.image_policy = ImagePolicy(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
                                         allow_local_files=settings.allow_local_images,
                                         allow_remote=settings.allow_remote_images)
+        self.limits = settings.limits
         self.batcher = DynamicBatcher(engine, max_batch_size=settings.batch_size, batch_window=settings.batch_window,
                                       logger=self.logger, continuous=settings.batching == "continuous")
         for stop in conv_templates[conv_mode].stop_strings():
@@ -235,7 +249,8 @@ class ModelWorker:
     def status(self) -> dict[str, Any]:
         return {"model_names": [self.model_name], "speed": 1, "queue_length": self.queue_length,
                 "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
-                "max_prompt_chars": self.max_prompt_chars,
+                "max_prompt_chars": self.max_prompt_chars, "max_stop_strings": self.limits.max_stop_strings,
+                "max_stop_chars": self.limits.max_stop_chars, "max_images": self.limits.max_images,
                 "batching": self.batcher.stats()}
 
     @contextlib.asynccontextmanager
@@ -285,9 +300,17 @@ class ModelWorker:
         return [decode_base64_image(b64, self.image_policy, mode="RGB", what=f"images[{i}]")
                 for i, b64 in enumerate(images)]
 
+    def probe_images(self, images: list[str]) -> list[PendingImage]:
+        """The images' headers only (sizes checked, pixels per request bounded); decoded after a slot."""
+        pending = [probe_base64_image(b64, self.image_policy, what=f"images[{i}]") for i, b64 in enumerate(images)]
+        check_pixels(pending, self.limits)
+        return pending
+
     def check_request(self, params: GenerateParams) -> bool:
         """Refuse what needs no model to refuse (RequestError); False when the prompt surely overflows
         the context (the caller answers the original's "Exceeds max token length" without tokenising)."""
+        check_stops([params.stop] if params.stop else [], self.limits)
+        check_image_count(len(params.images), self.limits, param="images")
         n_tags = params.prompt.count(DEFAULT_IMAGE_TOKEN)
         if n_tags != len(params.images):
             raise RequestError(f"the prompt has {n_tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {len(params.images)} "
@@ -296,15 +319,19 @@ class ModelWorker:
             raise RequestError(f"model {self.model_name} has no vision tower; send text only", param="images")
         return len(params.prompt) <= self.max_prompt_chars
 
-    async def generate_stream(self, params: GenerateParams, images: list[Image.Image],
+    async def generate_stream(self, params: GenerateParams, images: list[Image.Image] | list[PendingImage],
                               expected: int | None = None) -> AsyncIterator[bytes]:
         """The NUL-delimited chunks for one request (errors become one `error_code: 1` chunk).
 
+        `images` may be probed (`PendingImage`): they are decoded once the request holds a slot.
         `expected`: the token from `expect()` taken when the request arrived (released at submission).
         """
         try:
             async with self.slot():
                 try:
+                    pending = [image for image in images if isinstance(image, PendingImage)]
+                    if pending:
+                        images = await asyncio.to_thread(decode_all, pending, self.image_policy)
                     async for chunk in self._generate(params, images, expected):
                         yield chunk
                 except (UserError, ValueError) as exc:
@@ -388,7 +415,10 @@ def create_app(worker: ModelWorker) -> FastAPI:
     app = FastAPI(title="mgm model worker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes)
+    install_large_body_gate(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=worker.settings.max_body_bytes,
+                       body_timeout=worker.settings.body_timeout,
+                       idle_timeout=min(DEFAULT_IDLE_TIMEOUT, worker.settings.body_timeout))
     dependencies = [Depends(api_key_dependency(worker.settings.api_key))]
     router = APIRouter(dependencies=dependencies)
 
@@ -396,15 +426,14 @@ def create_app(worker: ModelWorker) -> FastAPI:
     async def worker_generate_stream(request: Request,
                                      params: Annotated[GenerateParams, Depends(json_body(GenerateParams))]) -> Response:
         try:
-            if not worker.check_request(params):
-                return StreamingResponse(iter([encode_chunk({"text": params.prompt + EXCEEDS_MAX_TOKENS_MSG,
-                                                             "error_code": ERROR_OK})]))
+            if not worker.check_request(params):  # refused without echoing megabytes of prompt back
+                raise over_long_prompt(len(params.prompt), worker.max_prompt_chars)
         except RequestError as exc:
             # JSON for HTTP-aware clients, with text/error_code so original clients show what went wrong
             return error_response(request, exc)
         expected = worker.expect()
         try:
-            images = await asyncio.to_thread(worker.decode_images, params.images)
+            images = await asyncio.to_thread(worker.probe_images, params.images)
         except RequestError as exc:
             worker.fulfil(expected)
             return error_response(request, exc)

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from PIL import Image
 
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.conversation import Conversation, SeparatorStyle, get_template
@@ -51,15 +50,18 @@ from mgm.serve.openai_protocol import (
     ModelCard,
     ModelList,
     Usage,
-    load_image_url,
+    image_part_count,
     make_completion_id,
+    probe_image_url,
     body_surely_too_long,
     body_too_long_error,
     prompt_too_long,
     sse_event,
     text_chars,
 )
-from mgm.serve.protocol import ModelNotFoundError, RequestError, error_body
+from mgm.serve.chat_body import parse_chat_request
+from mgm.serve.limits import PendingImage, RequestLimits, check_image_count, check_pixels, check_stops, decode_all
+from mgm.serve.protocol import ModelNotFoundError, RequestError, error_body, request_error_body
 from mgm.serve.security import ImagePolicy, json_body
 
 DEFAULT_MAX_TOKENS = 512  # when the client sets none (the CLI's default), capped by the context left
@@ -73,6 +75,7 @@ class ChatBackend(Protocol):
     conv_mode: str
     engine: InferenceEngine
     image_policy: ImagePolicy
+    limits: RequestLimits  # stop strings, images and pixels per request (checked before queueing)
     chunk_interval: float  # seconds a stream gathers text between events (Ticket.updates)
     max_prompt_chars: int  # a prompt longer than this surely overflows the context (model_worker.prompt_char_limit)
 
@@ -112,16 +115,17 @@ def _number_images(prompt_text: str) -> str:
     return parts[0] + "".join(f"Image {k}:{DEFAULT_IMAGE_TOKEN}{rest}" for k, rest in enumerate(parts[1:], 1))
 
 
-def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: Callable[[str, str], Image.Image],
-                       ) -> tuple[str, list[Image.Image]]:
+def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: Callable[[str, str], Any],
+                       ) -> tuple[str, list[Any]]:
     """Render OpenAI messages with the template `conv_mode`; returns (prompt, images in `<image>` order).
 
-    `load_image(url, what)` turns an image_url into a PIL image (raising RequestError). Consecutive
+    `load_image(url, what)` turns an image_url into an image (a PIL image, or the worker's
+    `PendingImage` whose pixels are decoded later), raising RequestError. Consecutive
     messages of one role are joined by a newline. The last message must be the user's.
     """
     conv = get_template(conv_mode)
     system_parts: list[str] = []
-    turns: list[tuple[str, str, list[Image.Image]]] = []  # (role, text, images)
+    turns: list[tuple[str, str, list[Any]]] = []  # (role, text, images)
     for index, message in enumerate(messages):
         text, urls = message.text_and_image_urls()
         if message.role in ("system", "developer"):
@@ -180,7 +184,7 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
                                      f"`{backend.model_name}`", param="model")
         return ModelCard(id=model_id).model_dump()
 
-    parse_body = json_body(ChatCompletionRequest)
+    parse_body = json_body(ChatCompletionRequest, parse_chat_request)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(http_request: Request) -> Response:
@@ -192,6 +196,8 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
             raise ModelNotFoundError(f"The model `{body.model}` does not exist; this worker serves "
                                      f"`{backend.model_name}`", param="model")
         body.check_supported()
+        check_stops(body.stop_list(), backend.limits)
+        check_image_count(image_part_count(body.messages), backend.limits)
         chars = text_chars(body.messages)
         if chars > backend.max_prompt_chars:  # refused before any tokenising: a huge prompt costs nothing
             raise prompt_too_long(chars, backend.max_prompt_chars)
@@ -203,13 +209,15 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
             raise
 
     async def _answer(body: ChatCompletionRequest, expected: int) -> Response:
-        def load(url: str, what: str) -> Image.Image:
-            return load_image_url(url, backend.image_policy, what=what)
+        def load(url: str, what: str) -> PendingImage:
+            return probe_image_url(url, backend.image_policy, what=what)
 
-        # decoding (and any allowed fetching) off the event loop
-        prompt, images = await asyncio.to_thread(messages_to_prompt, body.messages, backend.conv_mode, load)
+        # fetching and header reads off the event loop; pixels are decoded only once a slot is held
+        prompt, pending = await asyncio.to_thread(messages_to_prompt, body.messages, backend.conv_mode, load)
+        check_pixels(pending, backend.limits)
         stops = list(dict.fromkeys(body.stop_list() + get_template(backend.conv_mode).stop_strings()))
-        engine_request = EngineRequest(prompt, images, GenerationParams(
+        # the probed images stand in for the decoded ones until then (sizing counts only how many)
+        engine_request = EngineRequest(prompt, list(pending), GenerationParams(
             temperature=body.temperature, top_p=body.top_p, max_new_tokens=1, stop=stops))
         try:
             prompt_tokens = await asyncio.to_thread(request_token_count, backend.engine, engine_request)
@@ -224,14 +232,17 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                _stream(backend, engine_request, body.model, completion_id, prompt_tokens, include_usage, logger,
-                        expected),
+                _stream(backend, engine_request, pending, body.model, completion_id, prompt_tokens,
+                        include_usage, logger, expected),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             async with backend.slot():
+                engine_request.images = await asyncio.to_thread(decode_all, pending, backend.image_policy)
                 ticket = backend.submit(engine_request)
                 backend.fulfil(expected)
                 text = "".join([piece async for piece in ticket.updates()])
+        except RequestError:
+            raise
         except UserError as exc:
             raise RequestError(str(exc)) from None
         except Exception:
@@ -251,10 +262,11 @@ def build_openai_router(backend: ChatBackend, logger: logging.Logger | None = No
     return router
 
 
-async def _stream(backend: ChatBackend, engine_request: EngineRequest, model: str, completion_id: str,
-                  prompt_tokens: int, include_usage: bool, logger: logging.Logger,
+async def _stream(backend: ChatBackend, engine_request: EngineRequest, pending: list[PendingImage], model: str,
+                  completion_id: str, prompt_tokens: int, include_usage: bool, logger: logging.Logger,
                   expected: int | None = None) -> AsyncIterator[bytes]:
-    """The SSE events of one streamed completion (`expected`: the handler's `expect()` token)."""
+    """The SSE events of one streamed completion (`expected`: the handler's `expect()` token); the
+    `pending` images are decoded once a slot is held."""
 
     def chunk(delta: DeltaMessage, finish_reason: str | None = None) -> bytes:
         return sse_event(ChatCompletionChunk(id=completion_id, model=model, choices=[
@@ -262,6 +274,12 @@ async def _stream(backend: ChatBackend, engine_request: EngineRequest, model: st
 
     try:
         async with backend.slot():
+            try:
+                engine_request.images = await asyncio.to_thread(decode_all, pending, backend.image_policy)
+            except RequestError as exc:  # corrupt past the header: the stream has not started yet
+                yield sse_event(request_error_body(exc))
+                yield SSE_DONE
+                return
             ticket = backend.submit(engine_request)
             backend.fulfil(expected)
             yield chunk(DeltaMessage(role="assistant", content=""))

@@ -37,6 +37,7 @@ from mgm.serve.protocol import (
     ImageTooLargeError,
     RequestError,
 )
+from mgm.serve.limits import PendingImage, probe_base64_image, probe_image
 from mgm.serve.security import ImagePolicy, decode_base64_image, decode_image_bytes
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -343,6 +344,18 @@ def load_image_url(url: str, policy: ImagePolicy = ImagePolicy(), *, mode: str |
     if url.lstrip().startswith("data:"):
         return decode_base64_image(url.strip(), policy, mode=mode, what=what)
     return decode_image_bytes(resolve_image_url(url, policy, what=what), policy, mode=mode, what=what)
+
+
+def probe_image_url(url: str, policy: ImagePolicy = ImagePolicy(), *, what: str = "image_url") -> PendingImage:
+    """`resolve_image_url` + a header-only read (size checked, no pixel decoded; see mgm.serve.limits)."""
+    if url.lstrip().startswith("data:"):
+        return probe_base64_image(url.strip(), policy, what=what)
+    return probe_image(resolve_image_url(url, policy, what=what), policy, what=what)
+
+
+def image_part_count(messages: list[ChatMessage]) -> int:
+    """How many image parts the messages hold (counted before any is fetched or read)."""
+    return sum(len(message.text_and_image_urls()[1]) for message in messages)
 
 
 def openai_error_status(exc: Exception) -> int:

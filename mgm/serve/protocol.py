@@ -31,6 +31,8 @@ ERROR_BAD_REQUEST = 4  # the request itself was refused (not the original's: it 
 MAX_NEW_TOKENS_CAP = 1024  # the worker never generates more than this per request
 MAX_TEMPERATURE = 2.0  # the OpenAI API's upper bound; the CLI and both protocols use it
 CHUNK_DELIMITER = b"\0"
+MAX_WORKER_NAME_CHARS = 2048  # a worker's base URL
+MAX_QUEUE_LENGTH = 1_000_000  # a heart beat's queue_length
 
 
 # --- typed request errors (mapped to HTTP status codes by mgm.serve.security.install_error_handlers) --
@@ -115,16 +117,23 @@ class RegisterWorkerRequest(BaseModel):
     """`POST /register_worker` body. `worker_status` is accepted (original workers send it) but never
     trusted: the controller always asks the worker itself (`POST <worker_name>/worker_get_status`)."""
 
-    worker_name: str = Field(min_length=1, description="the worker's base URL, e.g. http://127.0.0.1:21002")
+    worker_name: str = Field(min_length=1, max_length=MAX_WORKER_NAME_CHARS,
+                             description="the worker's base URL, e.g. http://127.0.0.1:21002")
     check_heart_beat: bool = False
     worker_status: WorkerStatus | None = None
 
 
 class HeartBeatRequest(BaseModel):
-    """`POST /receive_heart_beat` body."""
+    """`POST /receive_heart_beat` body (a queue length is never negative: it would win every dispatch)."""
 
-    worker_name: str
-    queue_length: int = 0
+    worker_name: str = Field(max_length=MAX_WORKER_NAME_CHARS)
+    queue_length: int = Field(0, ge=0, le=MAX_QUEUE_LENGTH)
+
+
+class DeregisterWorkerRequest(BaseModel):
+    """`POST /deregister_worker` body (an mgm addition: a worker leaving, or its operator removing it)."""
+
+    worker_name: str = Field(min_length=1, max_length=MAX_WORKER_NAME_CHARS)
 
 
 class HeartBeatResponse(BaseModel):
@@ -207,32 +216,64 @@ def error_chunk(error_code: int, text: str = SERVER_ERROR_MSG) -> bytes:
     return encode_chunk({"text": text, "error_code": error_code})
 
 
-def split_chunks(data: Iterable[bytes]) -> Iterator[bytes]:
+class FrameTooLargeError(ValueError):
+    """A stream message grew past the reader's bound without its NUL delimiter."""
+
+
+class ChunkSplitter:
+    """Re-frames byte pieces into the JSON messages between NUL bytes, reading each byte once.
+
+    Only the new piece is searched for a delimiter (a stream without one costs linear time, not a
+    re-scan of the buffer per piece); `max_frame` bounds the bytes held for one unfinished message
+    (FrameTooLargeError past it).
+    """
+
+    def __init__(self, max_frame: int | None = None) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """The messages `piece` completes (delimiter removed, blank ones skipped)."""
+        messages: list[bytes] = []
+        start = 0
+        while (end := piece.find(CHUNK_DELIMITER, start)) >= 0:
+            self._buffer += piece[start:end]
+            if self._buffer.strip():
+                messages.append(bytes(self._buffer))
+            self._buffer.clear()
+            start = end + 1
+        self._buffer += piece[start:]
+        if self.max_frame is not None and len(self._buffer) > self.max_frame:
+            raise FrameTooLargeError(f"a stream message is over {self.max_frame} bytes without a NUL delimiter")
+        return messages
+
+    def rest(self) -> bytes | None:
+        """A trailing message without a final NUL, if any."""
+        return bytes(self._buffer) if self._buffer.strip() else None
+
+
+def split_chunks(data: Iterable[bytes], max_frame: int | None = None) -> Iterator[bytes]:
     """Re-frame arbitrary byte pieces into the raw JSON messages between NUL bytes (delimiter removed).
 
     A message split across pieces (even inside a multi-byte UTF-8 character) is joined before it is
     yielded; empty messages are skipped; a trailing message without a final NUL is still yielded.
+    `max_frame`: FrameTooLargeError when one message grows past it.
     """
-    buffer = b""
+    splitter = ChunkSplitter(max_frame)
     for piece in data:
-        buffer += piece
-        *messages, buffer = buffer.split(CHUNK_DELIMITER)
-        yield from (m for m in messages if m.strip())
-    if buffer.strip():
-        yield buffer
+        yield from splitter.feed(piece)
+    if (rest := splitter.rest()) is not None:
+        yield rest
 
 
-async def asplit_chunks(data: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+async def asplit_chunks(data: AsyncIterable[bytes], max_frame: int | None = None) -> AsyncIterator[bytes]:
     """Async twin of `split_chunks` (for httpx `aiter_bytes()`)."""
-    buffer = b""
+    splitter = ChunkSplitter(max_frame)
     async for piece in data:
-        buffer += piece
-        *messages, buffer = buffer.split(CHUNK_DELIMITER)
-        for message in messages:
-            if message.strip():
-                yield message
-    if buffer.strip():
-        yield buffer
+        for message in splitter.feed(piece):
+            yield message
+    if (rest := splitter.rest()) is not None:
+        yield rest
 
 
 def iter_chunks(data: Iterable[bytes]) -> Iterator[dict[str, Any]]:

@@ -16,8 +16,10 @@ and the handlers that turn typed request errors into JSON error answers.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import io
 import json
@@ -28,7 +30,9 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
@@ -48,7 +52,11 @@ from mgm.serve.protocol import (
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a request with a few base64 images fits easily
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # the CLI's limit too (mgm.data.image.open_image)
-LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop
+LARGE_BODY_BYTES = 1 << 20  # bodies above this are parsed off the event loop, one at a time
+LARGE_BODY_SLOTS = 1  # large bodies parsed at once per server (install_large_body_gate)
+DEFAULT_BODY_TIMEOUT = 60.0  # seconds for a whole request body (64 MB at about 10 Mbit/s)
+REJECTED_STATE = "mgm_body_rejected"  # request.state flag: the body middleware already answered and logged
+DEFAULT_IDLE_TIMEOUT = 15.0  # seconds without a byte of a body that is not complete yet
 
 
 @dataclass(frozen=True)
@@ -128,17 +136,30 @@ def parse_json_body(raw: bytes, model: type[M]) -> M:
         raise RequestError(f"invalid request body: {format_validation_errors(exc.errors())}") from None
 
 
-def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A FastAPI dependency: the request body parsed by `parse_json_body` (large bodies in a thread)."""
-    import asyncio
+def json_body(model: type[M], large_parser: Callable[[bytes, type[M]], M] = parse_json_body
+              ) -> Callable[[Request], Awaitable[M]]:
+    """A FastAPI dependency: the request body parsed by `parse_json_body`; a large one by `large_parser`
+    in a thread, one at a time per app (`install_large_body_gate`)."""
 
     async def parse(request: Request) -> M:
         raw = await request.body()
-        if len(raw) > LARGE_BODY_BYTES:
-            return await asyncio.to_thread(parse_json_body, raw, model)
-        return parse_json_body(raw, model)
+        if len(raw) <= LARGE_BODY_BYTES:
+            return parse_json_body(raw, model)
+        gate = getattr(request.app.state, "large_body_gate", None)
+        async with gate if gate is not None else contextlib.nullcontext():
+            return await asyncio.to_thread(large_parser, raw, model)
 
     return parse
+
+
+def install_large_body_gate(app: FastAPI, slots: int = LARGE_BODY_SLOTS) -> None:
+    """Let at most `slots` large bodies (over LARGE_BODY_BYTES) be parsed at once on `app`.
+
+    Parsing megabytes of JSON holds the interpreter for tens of milliseconds (the thread does not free
+    the event loop of that); several at once starve every other request of the process. Only the parse
+    waits here, not the upload: a client trickling its body cannot hold the gate.
+    """
+    app.state.large_body_gate = asyncio.Semaphore(slots)
 
 
 # --- body size ---------------------------------------------------------------------------------------
@@ -151,11 +172,16 @@ def _json_413(limit: int, path: str) -> tuple[dict[str, Any], bytes]:
 
 
 class BodySizeLimitMiddleware:
-    """Refuse HTTP request bodies larger than `max_bytes` with a 413 JSON answer."""
+    """Refuse HTTP request bodies larger than `max_bytes` with a 413 JSON answer, and bodies that do not
+    arrive in time with a 408: no gap between pieces over `idle_timeout`, the whole body within
+    `body_timeout` seconds (a trickling upload would otherwise hold its connection for ever)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT, idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -174,16 +200,35 @@ class BodySizeLimitMiddleware:
         received = 0
         started = False
         rejected = False
+        body_done = False
+        deadline = asyncio.get_running_loop().time() + self.body_timeout
 
         async def limited_receive() -> dict[str, Any]:
-            nonlocal received, rejected, started
+            nonlocal received, rejected, started, body_done
             if rejected:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:  # after the body: waiting for a disconnect (streaming answers) is not timed
+                return await receive()
+            wait = min(self.idle_timeout, deadline - asyncio.get_running_loop().time())
+            try:
+                async with asyncio.timeout(max(wait, 0.001)):  # no task per piece (wait_for makes one on 3.11)
+                    message = await receive()
+            except TimeoutError:
+                rejected = True
+                scope.setdefault("state", {})[REJECTED_STATE] = True  # answered here: no second log line
+                logging.getLogger("mgm.serve").info("request body of %s not received in time: answered 408",
+                                                    scope.get("path", ""))
+                if not started:
+                    started = True
+                    await self._send_error(send, 408, "the request body did not arrive in time", "request_timeout",
+                                           scope.get("path", ""))
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:  # chunked upload without (or lying about) Content-Length
                     rejected = True
+                    scope.setdefault("state", {})[REJECTED_STATE] = True
                     if not started:
                         started = True
                         await self._reject(send, limit, scope.get("path", ""))
@@ -206,6 +251,34 @@ class BodySizeLimitMiddleware:
         start, body = _json_413(limit, path)
         await send(start)
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _send_error(send: Callable, status: int, message: str, code: str, path: str) -> None:
+        body = json.dumps(route_error_body(path, error_body(message, code=code), status)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class ResponseHeaderMiddleware:
+    """Add fixed headers to every HTTP answer (pure ASGI: streaming answers pass through untouched)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, add_headers)
 
 
 # --- images ------------------------------------------------------------------------------------------
@@ -287,6 +360,29 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     return error_response(request, RequestError(f"invalid request: {format_validation_errors(exc.errors())}"))
 
 
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Unknown routes (404), wrong methods (405) and other HTTP errors in the route's own format."""
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    if status == 404:
+        message = f"no route {request.url.path[:200]!r} on this server"
+    elif status == 405:
+        message = f"{request.method} is not allowed on {request.url.path[:200]!r}"
+    else:
+        message = str(exc.detail)[:300]
+    body = error_body(message, code={404: "not_found", 405: "method_not_allowed"}.get(status, "http_error"))
+    return JSONResponse(route_error_body(request.url.path, body, status), status_code=status,
+                        headers=getattr(exc, "headers", None))
+
+
+async def disconnect_handler(request: Request, exc: Exception) -> Response:
+    """A client that left while sending its body: one INFO line, no traceback (nobody reads an answer)."""
+    if not request.scope.get("state", {}).get(REJECTED_STATE):
+        logging.getLogger("mgm.serve").info("client disconnected while sending %s %s", request.method,
+                                            request.url.path[:200])
+    return Response(status_code=400)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     """Anything else: logged with its traceback, answered 500 in the route's format (never plain text)."""
     logging.getLogger("mgm.serve").error("unhandled error on %s", request.url.path, exc_info=exc)
@@ -307,5 +403,7 @@ def format_validation_errors(errors: Any) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the JSON error handlers on `app`."""
     app.add_exception_handler(RequestError, request_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(ClientDisconnect, disconnect_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)

@@ -17,6 +17,7 @@ import httpx
 
 from mgm.serve.protocol import WorkerStatus
 from mgm.serve.security import auth_headers
+from mgm.serve.upstream_limits import UpstreamLimits, WorkerAnswerTooLarge, read_bounded
 from mgm.serve.worker_registry import WorkerRegistry, fetch_worker_status, worker_is_down
 
 
@@ -27,8 +28,10 @@ class WorkerClient:
     """
 
     def __init__(self, registry: WorkerRegistry, logger: logging.Logger, *, worker_api_key: str | None,
-                 connect_timeout: float) -> None:
+                 connect_timeout: float, limits: UpstreamLimits | None = None, self_id: str | None = None) -> None:
         self.worker_api_key = worker_api_key
+        self.limits = limits or UpstreamLimits()
+        self.self_id = self_id
         self.connect_timeout = connect_timeout
         self.registry = registry
         self.logger = logger
@@ -57,7 +60,8 @@ class WorkerClient:
 
     async def status_of(self, worker_name: str, headers: dict[str, str] | None = None) -> WorkerStatus | Exception:
         return await fetch_worker_status(self.client, worker_name, self.connect_timeout, self.logger,
-                                         self.headers_for(worker_name) if headers is None else headers)
+                                         self.headers_for(worker_name) if headers is None else headers,
+                                         limits=self.limits, self_id=self.self_id)
 
     async def refresh(self, names: Iterable[str], drop: Callable[[Exception], bool] = worker_is_down) -> None:
         """Poll the status of `names`: refresh those that answer, drop those whose failure `drop` accepts."""
@@ -103,7 +107,13 @@ class WorkerClient:
                 response = await self.client.send(request, stream=True)
                 upstream = Upstream(address, response, response.aiter_bytes())
                 if response.status_code != 200 or read == "all":
-                    upstream.head = b"".join([piece async for piece in upstream.pieces])
+                    try:
+                        upstream.head = await read_bounded(upstream.pieces, self.limits.max_answer_bytes,
+                                                           f"the answer of worker {address}")
+                    except WorkerAnswerTooLarge as exc:
+                        await response.aclose()
+                        self.logger.warning("%s", exc)
+                        return exc
                 else:
                     upstream.head = await anext(upstream.pieces, b"")
                 return upstream
@@ -129,12 +139,19 @@ class Upstream:
     pieces: AsyncIterator[bytes]
     head: bytes = b""
 
-    async def relay(self) -> AsyncIterator[bytes]:
-        """`head`, then the rest (the response is closed at the end)."""
+    async def relay(self, limit: int | None = None) -> AsyncIterator[bytes]:
+        """`head`, then the rest (the response is closed at the end); WorkerAnswerTooLarge once more
+        than `limit` bytes came."""
+        total = 0
         try:
             if self.head:
+                total += len(self.head)
                 yield self.head
             async for piece in self.pieces:
+                total += len(piece)
+                if limit is not None and total > limit:
+                    raise WorkerAnswerTooLarge(f"the stream of worker {self.address} is over the controller's "
+                                               f"limit of {limit} bytes")
                 yield piece
         finally:
             await self.response.aclose()

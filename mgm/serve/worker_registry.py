@@ -11,6 +11,7 @@ kept `check_heart_beat: false` entries for ever and POSTed to any URL a client n
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import random
@@ -23,6 +24,7 @@ import httpx
 from pydantic import ValidationError
 
 from mgm.serve.protocol import RequestError, WorkerStatus
+from mgm.serve.upstream_limits import UpstreamLimits, WorkerAnswerTooLarge, check_status, read_bounded
 
 DISPATCH_METHODS = ("lottery", "shortest_queue")
 
@@ -39,8 +41,27 @@ def is_loopback(host: str) -> bool:
 
 
 def normalize_worker_name(worker_name: str) -> str:
-    """A worker's registry key: its base URL without trailing "/" (the original concatenated paths)."""
-    return worker_name.strip().rstrip("/")
+    """A worker's registry key: one per scheme, host, port and path.
+
+    Scheme and host are lower-cased, a default port (80 for http, 443 for https) is dropped, and so
+    are a trailing "/", the query and the fragment (the original concatenated paths onto the name).
+    Text that is not a URL is only stripped (`WorkerHostPolicy.check` refuses it).
+    """
+    name = worker_name.strip()
+    try:
+        parts = urlsplit(name)
+        port = parts.port
+    except ValueError:
+        return name.rstrip("/")
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return name.rstrip("/")
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,13 @@ class WorkerHostPolicy:
 
     def check(self, worker_name: str) -> str:
         """The normalised URL, or RequestError (400) when it is not an http(s) URL of an allowed host."""
+        try:
+            raw = urlsplit(worker_name.strip())
+        except ValueError:
+            raise RequestError(f"worker_name {worker_name[:200]!r} is not a URL", param="worker_name") from None
+        if raw.query or raw.fragment or "@" in raw.netloc:
+            raise RequestError(f"worker_name {worker_name[:200]!r} must be the worker's base URL, without user "
+                               "info, query or fragment", param="worker_name")
         name = normalize_worker_name(worker_name)
         parts = urlsplit(name)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -97,21 +125,41 @@ class WorkerHostPolicy:
         return name
 
 
+SELF_ID_HEADER = "x-mgm-controller-id"  # every controller answer carries its instance id (own-URL check)
+
+
 async def fetch_worker_status(client: httpx.AsyncClient, worker_name: str, timeout: float,
-                              logger: logging.Logger, headers: dict[str, str] | None = None
+                              logger: logging.Logger, headers: dict[str, str] | None = None, *,
+                              limits: UpstreamLimits | None = None, self_id: str | None = None,
                               ) -> WorkerStatus | Exception:
-    """POST `<worker>/worker_get_status`: the status, or the exception that says why not (logged)."""
+    """POST `<worker>/worker_get_status`: the status, or the exception that says why not (logged).
+
+    The whole exchange must end within `timeout` seconds and the answer within `limits.max_status_bytes`;
+    an answer carrying `self_id` in SELF_ID_HEADER is this controller itself.
+    """
+    limits = limits or UpstreamLimits()
     try:
-        response = await client.post(worker_name + "/worker_get_status", timeout=timeout, headers=headers)
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}")
-        status = WorkerStatus.model_validate(response.json())
+        async with asyncio.timeout(timeout):
+            async with client.stream("POST", worker_name + "/worker_get_status", timeout=timeout,
+                                     headers=headers) as response:
+                if self_id is not None and response.headers.get(SELF_ID_HEADER) == self_id:
+                    raise RuntimeError("that address is this controller itself")
+                if response.status_code != 200:
+                    raise RuntimeError(f"HTTP {response.status_code}")
+                raw = await read_bounded(response.aiter_bytes(), limits.max_status_bytes, "its status")
+        status = WorkerStatus.model_validate_json(raw)
         if not status.model_names:
             raise RuntimeError("it serves no model")
+        check_status(status, limits)
         return status
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, ValidationError, RuntimeError) as exc:
-        logger.error("get status fails: %s, %s: %s", worker_name, type(exc).__name__, exc)
-        return exc
+    except TimeoutError:
+        exc = TimeoutError(f"no complete status within {timeout:g} s")
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError, ValidationError, RuntimeError,
+            WorkerAnswerTooLarge) as error:
+        exc = error
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    logger.error("get status fails: %s, %s: %s", worker_name, type(exc).__name__, message)
+    return exc
 
 
 def worker_is_down(exc: BaseException) -> bool:
@@ -123,6 +171,14 @@ def worker_is_down(exc: BaseException) -> bool:
 def _prompt_bound(status: WorkerStatus) -> int | None:
     value = (status.model_extra or {}).get("max_prompt_chars")
     return value if isinstance(value, int) and value > 0 else None
+
+
+REQUEST_BOUNDS = ("max_stop_strings", "max_stop_chars", "max_images")  # mgm workers report them in their status
+
+
+def _request_bounds(status: WorkerStatus) -> dict[str, int]:
+    extra = status.model_extra or {}
+    return {key: extra[key] for key in REQUEST_BOUNDS if isinstance(extra.get(key), int) and extra[key] > 0}
 
 
 @dataclass
@@ -142,6 +198,7 @@ class WorkerInfo:
     last_heart_beat: float
     keyed: bool = False
     max_prompt_chars: int | None = None
+    bounds: dict[str, int] = field(default_factory=dict)  # the worker's per-request bounds (REQUEST_BOUNDS)
 
 
 @dataclass
@@ -170,7 +227,7 @@ class WorkerRegistry:
         self.workers[normalize_worker_name(worker_name)] = WorkerInfo(
             model_names=list(status.model_names), speed=float(status.speed), queue_length=int(status.queue_length),
             check_heart_beat=check_heart_beat, last_heart_beat=self.clock(), keyed=keyed,
-            max_prompt_chars=_prompt_bound(status))
+            max_prompt_chars=_prompt_bound(status), bounds=_request_bounds(status))
 
     def refresh(self, worker_name: str, status: WorkerStatus) -> None:
         """A successful status poll: new status, clock restarted, registration flags kept."""
@@ -179,6 +236,7 @@ class WorkerRegistry:
             info.model_names, info.speed = list(status.model_names), float(status.speed)
             info.queue_length, info.last_heart_beat = int(status.queue_length), self.clock()
             info.max_prompt_chars = _prompt_bound(status)
+            info.bounds = _request_bounds(status)
 
     def remove(self, worker_name: str) -> bool:
         return self.workers.pop(normalize_worker_name(worker_name), None) is not None
@@ -215,6 +273,11 @@ class WorkerRegistry:
         """The largest prompt (characters) some worker of `model` (None: of any model) might take; None
         when one of them does not say."""
         bounds = [info.max_prompt_chars for info in self.workers.values() if model is None or model in info.model_names]
+        return max(bounds) if bounds and None not in bounds else None  # type: ignore[type-var]
+
+    def request_bound(self, model: str, key: str) -> int | None:
+        """The largest `key` bound (REQUEST_BOUNDS) among the workers of `model`; None when one does not say."""
+        bounds = [info.bounds.get(key) for info in self.workers.values() if model in info.model_names]
         return max(bounds) if bounds and None not in bounds else None  # type: ignore[type-var]
 
     def poll_targets(self) -> list[str]:

@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from mgm.constants import WORKER_HEART_BEAT_INTERVAL
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
-from mgm.serve.security import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from mgm.serve.limits import (
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    DEFAULT_MAX_STOP_CHARS,
+    DEFAULT_MAX_STOP_STRINGS,
+    RequestLimits,
+)
+from mgm.serve.security import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+)
 from mgm.program import program_name
 
 API_KEY_ENV = "MGM_WORKER_API_KEY"  # the worker key (= the controller's --worker-api-key)
@@ -50,6 +62,11 @@ class WorkerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_stop_strings: int = DEFAULT_MAX_STOP_STRINGS
+    max_stop_chars: int = DEFAULT_MAX_STOP_CHARS
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
     ocr: bool = False
     ocr_backend: str = "auto"
     gen: bool = False
@@ -75,15 +92,29 @@ class WorkerSettings:
             raise UserError(f"--stream-interval must be >= 1, got {self.stream_interval}")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"--num-threads must be >= 1, got {self.num_threads}")
+        if self.body_timeout <= 0:
+            raise UserError(f"--body-timeout must be > 0, got {self.body_timeout}")
         if self.heart_beat_interval <= 0:
             raise UserError(f"--heart-beat-interval must be > 0, got {self.heart_beat_interval}")
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port {self.port} is not a TCP port (0-65535)")
+        try:
+            self.limits.check()
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if self.api_key == "":
+            raise UserError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key, or leave it out for no key")
         if self.conv_mode is not None and self.conv_mode not in conv_templates:
             raise UserError(f"--conv-mode {self.conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
         for flag, url in (("--worker-address", self.worker_address), ("--controller-address", self.controller_address)):
             if not url.startswith(("http://", "https://")):
                 raise UserError(f"{flag} {url!r} must be an http(s) URL, e.g. http://127.0.0.1:PORT")
+
+    @property
+    def limits(self) -> RequestLimits:
+        """The per-request work bounds (mgm.serve.limits)."""
+        return RequestLimits(max_stop_strings=self.max_stop_strings, max_stop_chars=self.max_stop_chars,
+                             max_images=self.max_images, max_request_pixels=self.max_request_pixels)
 
     @property
     def batch_size(self) -> int:
@@ -132,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
     p.add_argument("--use-flash-attn", action="store_true", help="flash-attention 2 (CUDA + flash-attn installed)")
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"the worker key: required (Authorization: Bearer or x-api-key) on every route but GET "
                         f"/health, and sent to the controller to register and beat; give the controller the same "
                         f"key as its --worker-api-key (default: ${API_KEY_ENV})")
@@ -146,6 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse larger image files with 413 (default {DEFAULT_MAX_IMAGE_BYTES})")
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                    help=f"refuse images with more pixels with 413 (default {DEFAULT_MAX_IMAGE_PIXELS})")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT,
+                   help=f"seconds a client has to send its whole request body; slower ones get 408 (default "
+                        f"{DEFAULT_BODY_TIMEOUT:g})")
+    p.add_argument("--max-stop-strings", type=int, default=DEFAULT_MAX_STOP_STRINGS,
+                   help=f"refuse requests with more stop strings with 400 (default {DEFAULT_MAX_STOP_STRINGS})")
+    p.add_argument("--max-stop-chars", type=int, default=DEFAULT_MAX_STOP_CHARS,
+                   help=f"refuse a longer stop string with 400 (default {DEFAULT_MAX_STOP_CHARS})")
+    p.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+                   help=f"refuse requests with more images with 400 (default {DEFAULT_MAX_IMAGES})")
+    p.add_argument("--max-request-pixels", type=int, default=DEFAULT_MAX_REQUEST_PIXELS,
+                   help=f"refuse requests whose images hold more pixels together with 413 (default "
+                        f"{DEFAULT_MAX_REQUEST_PIXELS}); images are decoded only once a request holds one of "
+                        f"--limit-model-concurrency slots, so decoded images take at most about slots x this x "
+                        f"7 bytes")
     p.add_argument("--ocr", action="store_true", help="load an OCR engine so requests with use_ocr get OCR hints")
     p.add_argument("--ocr-backend", default="auto", choices=("auto", "rapidocr", "paddle"),
                    help="OCR engine (default auto: PaddleOCR with local model folders if configured, else rapidocr)")
@@ -157,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On a shared or small CPU, 1 avoids "
                         "OpenMP threads fighting other processes")
-    p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else .)")
+    p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else ~/.local/state/mgm/logs)")
     return p
 
 
@@ -179,5 +224,7 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
         heart_beat_interval=a.heart_beat_interval, api_key=a.api_key,
         allow_remote_images=a.allow_remote_images, allow_local_images=a.allow_local_images,
         max_body_bytes=a.max_body_bytes, max_image_bytes=a.max_image_bytes, max_image_pixels=a.max_image_pixels,
+        max_stop_strings=a.max_stop_strings, max_stop_chars=a.max_stop_chars, max_images=a.max_images,
+        max_request_pixels=a.max_request_pixels, body_timeout=a.body_timeout,
         ocr=a.ocr, ocr_backend=a.ocr_backend, gen=a.gen, gen_model_path=a.gen_model_path,
         gen_cpu_offload=a.gen_cpu_offload, num_threads=a.num_threads, log_dir=a.log_dir)
