@@ -385,3 +385,62 @@ def test_device_cuda_without_cuda_is_an_error(run, tmp_path):
                 "--tasks", "mgm_tiny_vqa", "--include_path", str(run["tasks"]), "--output_path",
                 str(tmp_path / "out"), "--verbosity", "WARNING", launcher=True)
     assert proc.returncode == 1 and "CUDA is not available" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README's offline lmms-eval example, run as written in an empty folder."""
+    from readme_examples import run_example
+
+    root = tmp_path_factory.mktemp("readme_lmms_eval")
+    proc = run_example(["toolkits-data", "lmms-eval-offline"], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return root
+
+
+def test_readme_example_open_questions_equal_model_vqa_loader(readme_run):
+    root = readme_run
+    samples = _samples(root / "lmms_results", "my_vqa")
+    loader = run_mgm_runner("mgm.eval.model_vqa_loader", [
+        "--model-path", str(root / "zoo/MGM/MGM-Tiny-Vicuna"),
+        "--question-file", str(root / "bench/textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+        "--image-folder", str(root / "bench/textvqa/train_images"), "--answers-file", str(root / "loader.jsonl"),
+        "--conv-mode", "vicuna_v1", "--temperature", "0", "--max_new_tokens", "16", "--device", "cpu", "--no-progress"])
+    assert len(samples) == len(loader) > 0
+    assert [s["input"] for s in samples] == [r["prompt"] for r in loader]
+    assert [_answer(s) for s in samples] == [r["text"] for r in loader]
+    assert any(r["text"] for r in loader)
+
+
+def test_readme_example_multiple_choice_asks_model_vqa_mmbench_and_picks_the_likeliest(readme_run):
+    """my_mmbench: each prompt is model_vqa_mmbench --single-pred-prompt's, and lmms-eval's acc per row is 1
+    exactly when the answer letter is the likeliest letter by mgm's own scorer."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mgm.eval.model_vqa_mmbench import SINGLE_PRED_PROMPT
+    from mgm.integrations.harness import HarnessModel, Question
+
+    root = readme_run
+    tsv = root / "bench/mmbench/mmbench_dev_20230712.tsv"
+    samples = _samples(root / "lmms_results", "my_mmbench")
+    runner = run_mgm_runner("mgm.eval.model_vqa_mmbench", [
+        "--model-path", str(root / "zoo/MGM/MGM-Tiny-Vicuna"), "--question-file", str(tsv), "--single-pred-prompt",
+        "--answers-file", str(root / "mmbench.jsonl"), "--conv-mode", "vicuna_v1", "--temperature", "0",
+        "--max_new_tokens", "4", "--device", "cpu", "--no-progress"])
+    assert len(samples) == len(runner) > 0
+    assert [s["input"] for s in samples] == [r["prompt"] + "\n" + SINGLE_PRED_PROMPT["en"] for r in runner]
+
+    import pandas as pd
+
+    rows = pd.read_table(tsv).to_dict("records")
+    harness = HarnessModel(str(root / "zoo/MGM/MGM-Tiny-Vicuna"), conv_mode="vicuna_v1", device="cpu")
+    for s, r, row in zip(samples, runner, rows):
+        image = Image.open(io.BytesIO(base64.b64decode(row["image"])))
+        letters = r["option_char"]
+        scores = [lp for lp, _ in harness.score([Question(s["input"], [image])] * len(letters),
+                                                [" " + c for c in letters])]
+        picked = letters[max(range(len(letters)), key=scores.__getitem__)]
+        assert float(s["acc"]) == float(picked == row["answer"]), (scores, s["filtered_resps"])
