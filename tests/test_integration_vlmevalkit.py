@@ -232,3 +232,39 @@ def test_device_cuda_without_cuda_is_an_error(run, tiny_zoo):
         MGM(model_path=path, device="cuda")
     proc = _launch(run, "--mgm", f"M={path},device=cuda", "--data", MCQ, "--model", "M", "--mode", "infer")
     assert proc.returncode == 2 and "CUDA is not available" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README's offline VLMEvalKit example (after its data commands), run as written in an empty folder."""
+    from readme_examples import run_example
+
+    root = tmp_path_factory.mktemp("readme_vlmevalkit")
+    proc = run_example(["toolkits-data", "vlmevalkit-offline"], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return root
+
+
+def test_readme_example_predictions_equal_mgm_runners(readme_run):
+    """MyVQA = model_vqa_loader on the question file, MyMCQ = model_vqa_mmbench --single-pred-prompt on the TSV;
+    VLMEvalKit scored MyMCQ (its accuracy file exists)."""
+    import json
+
+    root = readme_run
+    common = ["--model-path", str(root / "zoo/MGM/MGM-Tiny-Vicuna"), "--conv-mode", "vicuna_v1", "--temperature", "0",
+              "--max_new_tokens", "16", "--device", "cpu", "--no-progress"]
+    from mgm.eval import model_vqa_loader
+
+    model_vqa_loader.run([
+        "--question-file", str(root / "bench/textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+        "--image-folder", str(root / "bench/textvqa/train_images"), "--answers-file", str(root / "loader.jsonl"),
+        *common])
+    with open(root / "loader.jsonl") as f:  # in file order: TextVQA repeats question ids
+        in_order = [json.loads(line)["text"] for line in f if line.strip()]
+    vqa = _predictions(root / "vlmeval_results", "Tiny", "MyVQA")
+    assert [vqa[i] for i in sorted(vqa)] == in_order and any(in_order)
+    mcq = _runner_answers("mgm.eval.model_vqa_mmbench", [
+        "--question-file", str(root / "LMUData/MyMCQ.tsv"), "--single-pred-prompt",
+        "--answers-file", str(root / "mmbench.jsonl"), *common])
+    assert _predictions(root / "vlmeval_results", "Tiny", "MyMCQ") == mcq
+    assert list((root / "vlmeval_results").rglob("Tiny_MyMCQ_acc.csv"))
