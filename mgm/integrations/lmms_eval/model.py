@@ -15,7 +15,8 @@ one-at-a-time answers and equal `python -m mgm.eval.model_vqa_loader` on the sam
   lmms-eval picks a multiple-choice answer with `np.argmin` over these values (`acc`, and `acc_norm`
   over loss per character) and its own models all return a loss, so returning log p would score the
   least likely choice. (Its `acc_mutual_info` takes an argmax over the same values and so is
-  inverted for every lmms-eval model; no lmms-eval task uses it.)
+  inverted for every lmms-eval model, as is the `perplexity` of loglikelihood tasks, exp(-mean),
+  which expects log-probabilities; no lmms-eval task uses either.)
 * `generate_until_multi_round`: the task's `doc_to_text(doc, previous_output=..., round_idx=...,
   previous_round_info=...)` protocol, one conversation at a time.
 
