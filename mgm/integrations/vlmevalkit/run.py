@@ -87,7 +87,10 @@ def check_datasets(rest: Sequence[str]) -> None:
         if not os.path.isfile(tsv):
             raise UserError(f"--data {name}: not a VLMEvalKit dataset and no local file {tsv} ({where}); a local "
                             f"set is $LMUData/<NAME>.tsv: set LMUData to the folder that holds {name}.tsv")
-        columns = set(pd.read_csv(tsv, sep="\t", nrows=0).columns)
+        try:
+            columns = set(pd.read_csv(tsv, sep="\t", nrows=0).columns)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise UserError(f"--data {name}: {tsv} is not a readable TSV: {exc}") from None
         if "question" not in {c.lower() for c in columns}:
             raise UserError(f"--data {name}: {tsv} has no 'question' column (columns: {', '.join(sorted(columns))})")
         if not {"A", "B"} <= columns and known.mode != "infer":
@@ -106,9 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ImportError:
         raise UserError("VLMEvalKit is not installed in this python: pip install 'mgm[vlmevalkit]' "
                         "(or scripts/setup_eval_harness_venv.sh vlmevalkit)") from None
-    from mgm.integrations.vlmevalkit import expose_class, register
-
     from mgm.integrations.harness import check_device
+    from mgm.integrations.vlmevalkit import expose_class, register
 
     specs = [parse_spec(spec) for spec in args.mgm]  # all checked before anything is registered
     for _, _, kwargs in specs:
