@@ -3,14 +3,17 @@
 The tasks are YAML files this test writes, over parquet files with embedded images; one run of
 `lmms-eval --model mgm ... --log_samples` covers generate_until (answers equal
 `python -m mgm.eval.model_vqa_loader` on the same questions, with and without `until` stops),
-multiple choice (loglikelihood, checked against a plain forward pass with labels) and a
-multi-round task. Skipped where lmms-eval is not importable (it lives in its own venv:
+multiple choice (loglikelihood, checked against a plain forward pass with labels and against mgm's own
+choice of the likeliest answer; tasks whose gold choice is the model's own greedy continuation or an
+unlikely string score 1.0 and 0.0) and a multi-round task; then the listing, exit status and device
+errors of the front ends. Skipped where lmms-eval is not importable (it lives in its own venv:
 scripts/setup_eval_harness_venv.sh lmms-eval).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +27,16 @@ from harness_data import COLOURS, questions, run_mgm_runner, trim_at, write_llav
 
 CHECKPOINT = "MGM-Tiny-Vicuna"
 MAX_NEW_TOKENS = 12
+TASKS = ("mgm_tiny_vqa", "mgm_tiny_vqa_until", "mgm_tiny_mc", "mgm_tiny_mc_greedy", "mgm_tiny_mc_unlikely",
+         "mgm_tiny_rounds")
 
-TASK_UTILS = '''
+UNLIKELY = "zebra xylophone quantum marmalade"  # a choice no model picks over its own greedy continuation
+
+TASK_UTILS = f'''
 """doc_to_* functions of the test tasks."""
+
+UNLIKELY = {UNLIKELY!r}
+''' + '''
 
 
 def doc_to_visual(doc):
@@ -35,6 +45,10 @@ def doc_to_visual(doc):
 
 def doc_to_text_mc(doc, lmms_eval_specific_kwargs=None):
     return doc["question"] + " Answer with a colour."
+
+
+def doc_to_choice_pair(doc):
+    return [doc["greedy"], UNLIKELY]
 
 
 def doc_to_text_rounds(doc, lmms_eval_specific_kwargs=None, previous_output=None, round_idx=None,
@@ -64,6 +78,31 @@ def _generate_task(name: str, data: Path, until: list[str]) -> str:
                  "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
 
 
+def _greedy_choices(ckpt: str, records: list[dict]) -> list[str]:
+    """Per question, the longest greedy answer (up to 3 tokens) that scores back as greedy: the model's
+    own continuation, as a string lmms-eval can hand back as a choice; checked far likelier than UNLIKELY."""
+    import io
+
+    from PIL import Image
+
+    from mgm.integrations.harness import HarnessModel, Question
+    from mgm.serve.engine import GenerationParams
+
+    harness = HarnessModel(ckpt, conv_mode="vicuna_v1", device="cpu")
+    questions_ = [Question(r["text"] + " Answer with a colour.", [Image.open(io.BytesIO(r["png"]))]) for r in records]
+    best = [None] * len(records)
+    for n in (1, 2, 3):
+        answers = harness.answer(questions_, GenerationParams(temperature=0, max_new_tokens=n))
+        for i, (answer, (_, greedy)) in enumerate(zip(answers, harness.score(questions_, [" " + a for a in answers]))):
+            if greedy and answer:
+                best[i] = answer
+    assert all(best), best
+    likely = harness.score(questions_, [" " + b for b in best])
+    unlikely = harness.score(questions_, [" " + UNLIKELY] * len(records))
+    assert all(g and lp > ulp for (lp, g), (ulp, _) in zip(likely, unlikely)), (likely, unlikely)
+    return best
+
+
 @pytest.fixture(scope="module")
 def run(tiny_zoo, tmp_path_factory):
     """Data, loader answers, task YAMLs, and one lmms-eval CLI run over all tasks."""
@@ -80,11 +119,13 @@ def run(tiny_zoo, tmp_path_factory):
     expected = {r["question_id"]: r["text"] for r in loader}
 
     names = list(COLOURS)
+    greedy = _greedy_choices(ckpt, records)
     features = Features({"question_id": Value("string"), "question": Value("string"), "image": Image(),
-                         "answer": Value("string"), "label": Value("int64")})
+                         "answer": Value("string"), "label": Value("int64"), "greedy": Value("string")})
     table = {"question_id": [r["question_id"] for r in records], "question": [r["text"] for r in records],
              "image": [{"bytes": r["png"], "path": None} for r in records],
-             "answer": [r["colour"] for r in records], "label": [names.index(r["colour"]) for r in records]}
+             "answer": [r["colour"] for r in records], "label": [names.index(r["colour"]) for r in records],
+             "greedy": greedy}
     data = root / "data" / "test.parquet"
     data.parent.mkdir()
     Dataset.from_dict(table, features=features).to_parquet(str(data))
@@ -101,6 +142,13 @@ def run(tiny_zoo, tmp_path_factory):
         "mgm_tiny_mc", data, "multiple_choice",
         "doc_to_text: !function utils.doc_to_text_mc\ndoc_to_target: label\n"
         f"doc_to_choice: {json.dumps(names)}\nmetric_list:\n  - metric: acc\n"))
+    for name, gold in (("mgm_tiny_mc_greedy", 0), ("mgm_tiny_mc_unlikely", 1)):
+        # choices [the model's own greedy continuation, UNLIKELY]; the gold one is first or second
+        (tasks / f"{name}.yaml").write_text(_task(
+            name, data, "multiple_choice",
+            f"doc_to_text: !function utils.doc_to_text_mc\ndoc_to_target: {gold}\n"
+            "doc_to_choice: !function utils.doc_to_choice_pair\nmetric_list:\n  - metric: acc\n"
+            "  - metric: acc_norm\n"))
     (tasks / "mgm_tiny_rounds.yaml").write_text(_task(
         "mgm_tiny_rounds", data, "generate_until_multi_round",
         "doc_to_text: !function utils.doc_to_text_rounds\ndoc_to_target: answer\n"
@@ -115,13 +163,13 @@ def run(tiny_zoo, tmp_path_factory):
            "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(command + [
         "--model", "mgm", "--model_args", f"pretrained={ckpt},conv_mode=vicuna_v1,batch_size=4,device=cpu",
-        "--tasks", "mgm_tiny_vqa,mgm_tiny_vqa_until,mgm_tiny_mc,mgm_tiny_rounds", "--include_path", str(tasks),
+        "--tasks", ",".join(TASKS), "--include_path", str(tasks),
         "--output_path", str(out), "--log_samples", "--verbosity", "WARNING"],
         capture_output=True, text=True, timeout=900, env=env, cwd=root)
     # lmms-eval logs a failed evaluation and still exits 0: the results file is the real signal
     assert proc.returncode == 0 and list(out.rglob("*_results.json")), proc.stdout[-3000:] + proc.stderr[-5000:]
     return {"root": root, "out": out, "records": records, "expected": expected, "stop": stop, "ckpt": ckpt,
-            "proc": proc, "tasks": tasks, "env": env}
+            "proc": proc, "tasks": tasks, "env": env, "greedy": greedy}
 
 
 def _samples(out: Path, task: str) -> list[dict]:
@@ -140,9 +188,44 @@ def test_results_json_has_every_task(run):
     files = sorted(run["out"].rglob("*_results.json"))
     assert files, run["proc"].stderr[-2000:]
     results = json.loads(files[-1].read_text())["results"]
-    assert set(results) >= {"mgm_tiny_vqa", "mgm_tiny_vqa_until", "mgm_tiny_mc", "mgm_tiny_rounds"}
+    assert set(results) >= set(TASKS)
     assert 0.0 <= results["mgm_tiny_mc"]["acc,none"] <= 1.0
     assert results["mgm_tiny_rounds"]["rounds,none"] == 2.0
+
+
+def test_multiple_choice_picks_the_likely_choice(run):
+    """Choices [the model's own greedy continuation, an unlikely string]: scored on the likely one, so
+    the task whose gold is the greedy continuation scores 1.0 and the one whose gold is the unlikely
+    string 0.0 (an adapter handing lmms-eval's argmin log-probabilities scores exactly the reverse)."""
+    files = sorted(run["out"].rglob("*_results.json"))
+    results = json.loads(files[-1].read_text())["results"]
+    for metric in ("acc,none", "acc_norm,none"):
+        assert results["mgm_tiny_mc_greedy"][metric] == 1.0, results["mgm_tiny_mc_greedy"]
+        assert results["mgm_tiny_mc_unlikely"][metric] == 0.0, results["mgm_tiny_mc_unlikely"]
+    for s in _samples(run["out"], "mgm_tiny_mc_greedy"):
+        (likely, greedy), (unlikely, _) = s["filtered_resps"]
+        assert greedy == "True" and 0.0 < float(likely) < float(unlikely)  # losses: lower is likelier
+
+
+def test_multiple_choice_acc_equals_mgm_scoring(run, loaded_models):
+    """Per document, lmms-eval's acc is 1 exactly when mgm's own scorer (HarnessModel.score, the most
+    likely choice) picks the labelled colour."""
+    import io
+
+    from PIL import Image
+
+    from mgm.integrations.harness import HarnessModel, Question
+
+    harness = HarnessModel(run["ckpt"], conv_mode="vicuna_v1", device="cpu")
+    names = list(COLOURS)
+    samples = _samples(run["out"], "mgm_tiny_mc")
+    assert len(samples) == len(run["records"])
+    for s in samples:
+        record = run["records"][s["doc_id"]]
+        question = Question(record["text"] + " Answer with a colour.", [Image.open(io.BytesIO(record["png"]))])
+        scores = [lp for lp, _ in harness.score([question] * len(names), [" " + n for n in names])]
+        picked = max(range(len(names)), key=scores.__getitem__)
+        assert s["acc"] == float(picked == names.index(record["colour"])), (scores, s["filtered_resps"])
 
 
 def test_generate_until_equals_model_vqa_loader(run):
@@ -172,7 +255,7 @@ def test_multi_round_answers_each_round(run):
 
 
 def test_multiple_choice_loglikelihood_matches_a_labelled_forward(run, loaded_models):
-    """Each choice's log-likelihood equals -(cross-entropy sum) of a plain one-row forward with labels."""
+    """Each choice's value is the summed cross-entropy (-log p) of a plain one-row forward with labels."""
     import io
 
     import torch
@@ -192,9 +275,9 @@ def test_multiple_choice_loglikelihood_matches_a_labelled_forward(run, loaded_mo
         images, images_aux = engine.image_tensors([Image.open(io.BytesIO(record["png"]))])
         prompt = build_prompt("vicuna_v1", "<image>\n" + record["text"] + " Answer with a colour.")
         prompt_ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
-        scored = s["filtered_resps"]  # the samples file stores [log-likelihood, is-greedy] as strings
+        scored = s["filtered_resps"]  # the samples file stores [loss, is-greedy] as strings
         assert len(scored) == len(names)
-        for choice, (logprob, greedy) in zip(names, scored):
+        for choice, (loss, greedy) in zip(names, scored):
             ids = tokenizer_image_token(prompt + " " + choice, tokenizer, return_tensors="pt")
             labels = ids.clone()
             labels[: prompt_ids.shape[0]] = -100
@@ -202,7 +285,7 @@ def test_multiple_choice_loglikelihood_matches_a_labelled_forward(run, loaded_mo
                 out = model(input_ids=ids[None], labels=labels[None], images=images, images_aux=images_aux)
             n = int((labels != -100).sum())
             assert n > 0 and greedy in ("True", "False")
-            assert float(logprob) == pytest.approx(-float(out.loss) * n, rel=1e-4, abs=1e-3)
+            assert float(loss) == pytest.approx(float(out.loss) * n, rel=1e-4, abs=1e-3)  # -log p, summed
 
 
 @pytest.mark.slow
@@ -243,3 +326,121 @@ def test_entry_point_registers_mgm():
     from mgm.integrations.lmms_eval.model import MGM
 
     assert get_model("mgm") is MGM
+
+
+def _cli(env: dict, cwd, *args: str, launcher: bool = False) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).with_name("lmms-eval")
+    if launcher:
+        command = [sys.executable, "-m", "mgm.integrations.lmms_eval.run"]
+    else:
+        command = [str(cli)] if cli.exists() else [sys.executable, "-m", "lmms_eval"]
+    return subprocess.run(command + list(args), capture_output=True, text=True, timeout=600, env=env, cwd=cwd)
+
+
+def test_models_command_lists_mgm(run):
+    proc = _cli(run["env"], run["root"], "models")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert ["mgm", "simple"] in rows, proc.stdout[-3000:]
+
+
+@pytest.mark.parametrize("case", ["unknown task", "missing data file"])
+def test_launcher_exits_nonzero_when_a_task_or_its_data_is_missing(run, tmp_path, case):
+    """lmms-eval's own CLI logs these and exits 0; `python -m mgm.integrations.lmms_eval.run` exits 1."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(run["tasks"], tasks)
+    task = "mgm_tiny_nowhere"
+    if case == "missing data file":
+        (tasks / f"{task}.yaml").write_text(_generate_task(task, tmp_path / "no" / "test.parquet", []))
+    args = ["--model", "mgm", "--model_args", f"pretrained={run['ckpt']},device=cpu", "--tasks", task,
+            "--include_path", str(tasks), "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING"]
+    if case == "unknown task":
+        plain = _cli(run["env"], tmp_path, *args)
+        assert plain.returncode == 0  # lmms-eval's own behaviour, which the launcher exists to correct
+    proc = _cli(run["env"], tmp_path, *args, launcher=True)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "lmms-eval evaluation(s) failed" in proc.stderr
+    assert ("Tasks not found: mgm_tiny_nowhere" if case == "unknown task" else "test.parquet") in proc.stderr
+    assert not list((tmp_path / "out").rglob("*_results.json"))
+
+
+def test_launcher_exits_zero_and_writes_results_when_all_is_well(run, tmp_path):
+    proc = _cli(run["env"], tmp_path, "--model", "mgm", "--model_args", f"pretrained={run['ckpt']},device=cpu",
+                "--tasks", "mgm_tiny_vqa", "--include_path", str(run["tasks"]), "--limit", "2",
+                "--output_path", str(tmp_path / "out"), "--verbosity", "WARNING", launcher=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert list((tmp_path / "out").rglob("*_results.json"))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+def test_device_cuda_without_cuda_is_an_error(run, tmp_path):
+    from mgm.errors import UserError
+    from mgm.integrations.lmms_eval.model import MGM
+
+    with pytest.raises(UserError, match="device=cuda was asked for, but CUDA is not available"):
+        MGM.create_from_arg_string(f"pretrained={run['ckpt']},device=cuda")
+    with pytest.raises(UserError, match="CUDA is not available"):
+        MGM.create_from_arg_string(f"pretrained={run['ckpt']}", {"device": "cuda:0"})  # lmms-eval's --device
+    proc = _cli(run["env"], tmp_path, "--model", "mgm", "--model_args", f"pretrained={run['ckpt']},device=cuda",
+                "--tasks", "mgm_tiny_vqa", "--include_path", str(run["tasks"]), "--output_path",
+                str(tmp_path / "out"), "--verbosity", "WARNING", launcher=True)
+    assert proc.returncode == 1 and "CUDA is not available" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def readme_run(tmp_path_factory):
+    """The README's offline lmms-eval example, run as written in an empty folder."""
+    from readme_examples import run_example
+
+    root = tmp_path_factory.mktemp("readme_lmms_eval")
+    proc = run_example(["toolkits-data", "lmms-eval-offline"], root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return root
+
+
+def test_readme_example_open_questions_equal_model_vqa_loader(readme_run):
+    root = readme_run
+    samples = _samples(root / "lmms_results", "my_vqa")
+    loader = run_mgm_runner("mgm.eval.model_vqa_loader", [
+        "--model-path", str(root / "zoo/MGM/MGM-Tiny-Vicuna"),
+        "--question-file", str(root / "bench/textvqa/llava_textvqa_val_v051_ocr.jsonl"),
+        "--image-folder", str(root / "bench/textvqa/train_images"), "--answers-file", str(root / "loader.jsonl"),
+        "--conv-mode", "vicuna_v1", "--temperature", "0", "--max_new_tokens", "16", "--device", "cpu", "--no-progress"])
+    assert len(samples) == len(loader) > 0
+    assert [s["input"] for s in samples] == [r["prompt"] for r in loader]
+    assert [_answer(s) for s in samples] == [r["text"] for r in loader]
+    assert any(r["text"] for r in loader)
+
+
+def test_readme_example_multiple_choice_asks_model_vqa_mmbench_and_picks_the_likeliest(readme_run):
+    """my_mmbench: each prompt is model_vqa_mmbench --single-pred-prompt's, and lmms-eval's acc per row is 1
+    exactly when the answer letter is the likeliest letter by mgm's own scorer."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mgm.eval.model_vqa_mmbench import SINGLE_PRED_PROMPT
+    from mgm.integrations.harness import HarnessModel, Question
+
+    root = readme_run
+    tsv = root / "bench/mmbench/mmbench_dev_20230712.tsv"
+    samples = _samples(root / "lmms_results", "my_mmbench")
+    runner = run_mgm_runner("mgm.eval.model_vqa_mmbench", [
+        "--model-path", str(root / "zoo/MGM/MGM-Tiny-Vicuna"), "--question-file", str(tsv), "--single-pred-prompt",
+        "--answers-file", str(root / "mmbench.jsonl"), "--conv-mode", "vicuna_v1", "--temperature", "0",
+        "--max_new_tokens", "4", "--device", "cpu", "--no-progress"])
+    assert len(samples) == len(runner) > 0
+    assert [s["input"] for s in samples] == [r["prompt"] + "\n" + SINGLE_PRED_PROMPT["en"] for r in runner]
+
+    import pandas as pd
+
+    rows = pd.read_table(tsv).to_dict("records")
+    harness = HarnessModel(str(root / "zoo/MGM/MGM-Tiny-Vicuna"), conv_mode="vicuna_v1", device="cpu")
+    for s, r, row in zip(samples, runner, rows):
+        image = Image.open(io.BytesIO(base64.b64decode(row["image"])))
+        letters = r["option_char"]
+        scores = [lp for lp, _ in harness.score([Question(s["input"], [image])] * len(letters),
+                                                [" " + c for c in letters])]
+        picked = letters[max(range(len(letters)), key=scores.__getitem__)]
+        assert float(s["acc"]) == float(picked == row["answer"]), (scores, s["filtered_resps"])

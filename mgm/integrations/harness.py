@@ -47,6 +47,7 @@ class HarnessModel:
         self.model_path = os.path.expanduser(str(model_path))
         if not os.path.isfile(os.path.join(self.model_path, "config.json")):
             raise UserError(f"pretrained={model_path} is not an MGM checkpoint folder (no config.json)")
+        check_device(device)
         if conv_mode is not None:
             get_template(conv_mode)  # unknown name -> UserError listing the valid ones, before any loading
         self._conv_mode = conv_mode
@@ -125,6 +126,24 @@ class HarnessModel:
 
         engine = self.engine
         return score_continuations(engine, self.requests(questions, GenerationParams()), continuations)
+
+
+def check_device(device: str) -> None:
+    """A toolkit that asks for CUDA gets it or a clear error: never a silent run on the CPU.
+
+    (mgm's own loader falls back to the CPU with a Python warning, which the toolkits' loggers hide; an
+    evaluation that was meant for a GPU then runs for hours on the CPU.)
+    """
+    if not str(device).startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise UserError(f"device={device} was asked for, but CUDA is not available on this machine "
+                        "(torch.cuda.is_available() is False); use device=cpu, or device=auto (a GPU when "
+                        "there is one, else the CPU)")
+    _, _, index = str(device).partition(":")
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise UserError(f"device={device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def continuation_ids(engine: Any, prompt: str, continuation: str, prompt_ids: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,14 @@ def _check_source(src: Path) -> dict:
     return config
 
 
+def _tower_root_rule(recorded: str) -> str:
+    """How MGM_TOWER_ROOT is read, for a recorded tower path (a zoo root is the usual wrong guess)."""
+    path = Path(recorded)
+    holder = f".../{path.parent.name}" if path.parent.name else "..."
+    return (f"MGM_TOWER_ROOT=DIR looks for DIR/{recorded} and DIR/{path.name}: set it to the folder that directly "
+            f"holds {path.name!r} (e.g. {holder}), not to the model zoo's root above it.")
+
+
 def _resolve_towers(src: Path, config: dict) -> dict[str, tuple[str, Path]]:
     """{tower: (recorded path, folder)} for the towers the config names, found as the model finds them."""
     from mgm.model.vision.registry import missing_tower_error, resolve_tower_path
@@ -99,8 +107,9 @@ def _resolve_towers(src: Path, config: dict) -> dict[str, tuple[str, Path]]:
         recorded = config[key]
         folder = resolve_tower_path(recorded, str(src))
         if folder is None:
-            raise missing_tower_error("LR (CLIP)" if tower == "vision_tower" else "HR (ConvNeXt)", key, recorded,
-                                      str(src), None)
+            error = missing_tower_error("LR (CLIP)" if tower == "vision_tower" else "HR (ConvNeXt)", key, recorded,
+                                        str(src), None)
+            raise UserError(f"{error}\n{_tower_root_rule(recorded)}") from None
         out[tower] = (recorded, folder)
     return out
 

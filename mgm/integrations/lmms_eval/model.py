@@ -9,8 +9,14 @@ one-at-a-time answers and equal `python -m mgm.eval.model_vqa_loader` on the sam
   context (unless the context has its own tags), the checkpoint's template (or `conv_mode`); the
   task's `until` strings stop a row and are cut off, `max_new_tokens` (default 1024), `temperature`
   (0 = greedy; `do_sample=False` forces greedy), `top_p`, `num_beams`.
-* `loglikelihood` (multiple-choice and loglikelihood tasks): log p(continuation | templated context,
-  images), summed over the continuation's tokens, and whether greedy decoding yields it.
+* `loglikelihood` (multiple-choice and loglikelihood tasks): `(loss, is_greedy)` per request, where
+  loss = -log p(continuation | templated context, images) summed over the continuation's tokens, and
+  is_greedy whether greedy decoding yields exactly those tokens. A LOSS, not a log-probability:
+  lmms-eval picks a multiple-choice answer with `np.argmin` over these values (`acc`, and `acc_norm`
+  over loss per character) and its own models all return a loss, so returning log p would score the
+  least likely choice. (Its `acc_mutual_info` takes an argmax over the same values and so is
+  inverted for every lmms-eval model, as is the `perplexity` of loglikelihood tasks, exp(-mean),
+  which expects log-probabilities; no lmms-eval task uses either.)
 * `generate_until_multi_round`: the task's `doc_to_text(doc, previous_output=..., round_idx=...,
   previous_round_info=...)` protocol, one conversation at a time.
 
@@ -209,9 +215,10 @@ class MGM(lmms):
         return results
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """`(log p, greedy?)` for `(context, continuation, doc_to_visual, doc_id, task, split)` requests;
-        a callable continuation (loglikelihood tasks' doc_to_target) is applied to the doc; the
-        2-tuple `(context, continuation)` of acc_mutual_info is scored without images."""
+        """`(-log p, greedy?)` for `(context, continuation, doc_to_visual, doc_id, task, split)` requests
+        (lower is more likely, as lmms-eval's argmin selection expects: module docstring); a callable
+        continuation (loglikelihood tasks' doc_to_target) is applied to the doc; the 2-tuple
+        `(context, continuation)` of acc_mutual_info is scored without images."""
         args = [request.args for request in requests]
         continuations = []
         for a in args:
@@ -228,8 +235,8 @@ class MGM(lmms):
         for batch in self._batches(keys, self.batch_size_for(1)):
             questions = [Question(args[i][0]) if len(args[i]) == 2 else self._question(args[i][0], *args[i][2:])
                          for i in batch]
-            for i, score in zip(batch, self.harness.score(questions, [continuations[i] for i in batch])):
-                results[i] = score
+            for i, (logprob, greedy) in zip(batch, self.harness.score(questions, [continuations[i] for i in batch])):
+                results[i] = (-logprob, greedy)
             bar.update(len(batch))
         bar.close()
         return _as_outputs(results)

@@ -7,6 +7,12 @@ equals `python -m mgm.eval.model_vqa_loader` (open questions) and `python -m mgm
 --single-pred-prompt` (multiple-choice datasets, whose prompt this class builds as MGM's MMBench
 evaluation does: hint, question, one "L. option" line per option, "Answer with the option's letter
 from the given choices directly.").
+
+Local TSVs (`$LMUData/<NAME>.tsv`): VLMEvalKit calls every dataset it does not know multiple choice
+when it asks the model for a prompt, whatever the file holds; this class goes by the row instead, as
+VLMEvalKit's own dataset builder does by the columns: a row with options (`A`, `B`, ...) gets the
+MMBench prompt, a row without gets its question alone (the `model_vqa_loader` prompt; a `hint`
+column is not used there), so a VQA file with a `hint` column is still asked as VQA.
 """
 from __future__ import annotations
 
@@ -58,19 +64,23 @@ class MGM(BaseModel):
         self.harness.engine  # noqa: B018 (load now, as VLMEvalKit's models do in their constructor)
 
     def use_custom_prompt(self, dataset: str | None) -> bool:
-        """Multiple-choice datasets get MGM's MMBench prompt; others keep the dataset's own."""
+        """Multiple-choice datasets (and local TSVs, which VLMEvalKit types as such) get the prompt of
+        `build_prompt`; VLMEvalKit's own VQA datasets keep theirs."""
         return dataset is not None and DATASET_TYPE(dataset) == "MCQ"
 
     def build_prompt(self, line: Any, dataset: str | None = None) -> list[dict]:
-        """MGM's MMBench prompt (mgm.eval.model_vqa_mmbench) for one TSV row."""
+        """One TSV row as mgm's runners ask it: MGM's MMBench prompt (mgm.eval.model_vqa_mmbench) when the
+        row has options, else the question alone (mgm.eval.model_vqa_loader)."""
         from mgm.eval.model_vqa_mmbench import SINGLE_PRED_PROMPT, build_question, get_options
 
         paths = self.dump_image(line, dataset)
         row = {key: _cell(line, key) for key in ("question", "hint", *string.ascii_uppercase)}
         options = [str(o) for o in get_options(row, string.ascii_uppercase)]
-        prompt = build_question(row, options, string.ascii_uppercase)
         if options:
+            prompt = build_question(row, options, string.ascii_uppercase)
             prompt += "\n" + SINGLE_PRED_PROMPT["cn" if _is_chinese(prompt) else "en"]
+        else:
+            prompt = str(row["question"])
         paths = paths if isinstance(paths, list) else [paths]
         return [dict(type="image", value=p) for p in paths] + [dict(type="text", value=prompt)]
 
