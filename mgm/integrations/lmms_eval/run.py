@@ -19,13 +19,16 @@ from mgm.errors import UserError, exit_on_user_error
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Run lmms-eval's CLI on `argv`; 1 when any of its evaluations raised, else 0."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["-h"], ["--help"]):  # ours, at once and without lmms-eval; its own options: `lmms-eval --help`
+        print("usage: python -m mgm.integrations.lmms_eval.run [lmms-eval arguments ...]\n" + (__doc__ or ""))
+        return 0
     try:
         import lmms_eval.__main__ as lmms_cli
         from lmms_eval.cli.dispatch import main as lmms_main
     except ImportError:
         raise UserError("lmms-eval is not installed in this python: pip install 'mgm[lmms-eval]' "
                         "(or scripts/setup_eval_harness_venv.sh lmms-eval)") from None
-    argv = list(sys.argv[1:] if argv is None else argv)
     failures: list[BaseException] = []
     evaluate_one = lmms_cli.cli_evaluate_single
 
