@@ -11,7 +11,8 @@ How messages map onto a conversation (the rules of the OpenAI route, `mgm.serve.
   the text, then a blank line, in front of the first user message;
 - the other messages must alternate user / assistant, starting with the user;
 - content may be a string or a list of parts: text parts are joined by newlines, and when the text
-  has no `<image>` tag, one `<image>\\n` per image part goes in front of it;
+  has no `<image>` tag, one `<image>\\n` per image part goes in front of it; with two or more tags in
+  the whole conversation the k-th becomes `Image k:<image>` (the profile's multi-image form);
 - `add_generation_prompt` appends the open assistant turn (the role header the model continues from).
 """
 from __future__ import annotations
@@ -69,6 +70,24 @@ _PRELUDE = r"""
 {%- set system = {system} -%}
 {%- if ns.system is not none -%}
 {system_rule}
+{%- endif -%}
+{%- set count = namespace(tags=0) -%}
+{%- for pair in ns.pairs -%}{%- if pair[1] -%}{%- set count.tags = count.tags + (pair[1].split('<image>') | length) - 1 -%}{%- endif -%}{%- endfor -%}
+{%- if count.tags > 1 -%}
+  {#- several images: the k-th <image> becomes "Image k:<image>" (mgm.profile.number_images) -#}
+  {%- set numbered = namespace(pairs=[], k=0) -%}
+  {%- for pair in ns.pairs -%}
+    {%- if pair[1] and '<image>' in pair[1] -%}
+      {%- set chunks = pair[1].split('<image>') -%}
+      {%- set out = namespace(text=chunks[0]) -%}
+      {%- for chunk in chunks[1:] -%}
+        {%- set numbered.k = numbered.k + 1 -%}
+        {%- set out.text = out.text + 'Image ' + (numbered.k | string) + ':<image>' + chunk -%}
+      {%- endfor -%}
+      {%- set numbered.pairs = numbered.pairs + [[pair[0], out.text]] -%}
+    {%- else -%}{%- set numbered.pairs = numbered.pairs + [pair] -%}{%- endif -%}
+  {%- endfor -%}
+  {%- set ns.pairs = numbered.pairs -%}
 {%- endif -%}
 {%- if add_generation_prompt -%}{%- set ns.pairs = ns.pairs + [[{assistant}, none]] -%}{%- endif -%}
 """

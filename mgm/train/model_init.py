@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from mgm.errors import UserError
 from mgm.train.checkpoint import gathered, load_pretrain_adapter, unwrap, zero3_enabled
 
@@ -216,12 +215,14 @@ def grow_embeddings(model: nn.Module, tokenizer, mean_init: bool) -> int:
 
 def add_image_tokens(model: nn.Module, tokenizer, model_args) -> int:
     """`<im_patch>` and `<im_start>`/`<im_end>` tokens (docs/original.md#init-helpers initialize_vision_tokenizer)."""
+    from mgm.data.tokenizer_setup import image_token_groups
+
     added = 0
-    if model_args.mm_use_im_patch_token:
-        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    for group in image_token_groups(model_args.mm_use_im_patch_token, False):  # zero-initialised rows
+        tokenizer.add_tokens(list(group), special_tokens=True)
         added += grow_embeddings(model, tokenizer, mean_init=False)
-    if model_args.mm_use_im_start_end:
-        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    for group in image_token_groups(False, model_args.mm_use_im_start_end):  # mean-initialised rows
+        tokenizer.add_tokens(list(group), special_tokens=True)
         new = grow_embeddings(model, tokenizer, mean_init=True)
         added += new
         if model_args.pretrain_mm_mlp_adapter and new:

@@ -98,7 +98,3 @@ def clip_tower_config(settings, checkpoint_dir: str):
     return folder, clip
 
 
-def tokens_per_image(settings, clip) -> int:
-    """Visual tokens of one image: P² per LR view (+1 with `cls_patch`) times g² crops (+ the global view)."""
-    per_view = (clip.image_size // clip.patch_size) ** 2 + (1 if settings.select_feature == "cls_patch" else 0)
-    return per_view * settings.num_views
