@@ -169,13 +169,12 @@ def tokens_per_image(config: Any, clip_config: Any) -> int:
     0 for a model without a vision tower; `clip_config` is its CLIP tower's config (image/patch size).
     """
     from mgm.model.settings import MGMSettings
+    from mgm.model.vision_encoder import tokens_per_view
 
     settings = MGMSettings.from_config(config)
     if not settings.vision_tower or clip_config is None:
         return 0
-    per_view = (clip_config.image_size // clip_config.patch_size) ** 2
-    per_view += 1 if settings.select_feature == "cls_patch" else 0
-    return per_view * settings.num_views
+    return tokens_per_view(clip_config, settings) * settings.num_views
 
 
 def image_prefix_of(config: Any) -> str:

@@ -94,6 +94,8 @@ def reports(request, tiny_zoo, loaded_models, image_files, tmp_path_factory) -> 
 
     profile = profile_of(model)
     out["loader"] = {"facts": profile.facts(), "prompt": profile.prompt(QUESTION, 2), "text": profile.decode(ids)}
+    out["vision encoder"] = {"facts": {**profile.facts(),
+                                       "tokens_per_image": model.get_model().vision_encoder.tokens_per_image}}
 
     engine = InferenceEngine(tokenizer, model, processor, context_len)
     out["engine.generate"] = {"facts": _engine_facts(engine), "text": engine.profile.decode(ids)}

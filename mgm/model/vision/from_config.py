@@ -25,7 +25,7 @@ def _folder(cfg, keys: tuple[str, str]):
 
 def build_vision_tower(vision_tower_cfg, **kwargs) -> CLIPVisionTower:
     """The LR CLIP tower named by `vision_tower_cfg` (weights loaded unless `delay_load=True`)."""
-    from mgm.model.arch import _load_clip_folder
+    from mgm.model.vision_encoder import load_clip_folder
 
     recorded, folder = _folder(vision_tower_cfg, ("mm_vision_tower", "vision_tower"))
     clip_cfg = clip_config_from(folder, recorded)
@@ -34,7 +34,7 @@ def build_vision_tower(vision_tower_cfg, **kwargs) -> CLIPVisionTower:
     s = MGMSettings.from_config(vision_tower_cfg)
     tower = CLIPVisionTower(clip_cfg, s.select_layer, s.select_feature, s.optimize_vision_tower)
     if not kwargs.get("delay_load", False):
-        _load_clip_folder(tower, folder)
+        load_clip_folder(tower, folder)
     return tower
 
 
