@@ -233,3 +233,22 @@ def test_streamed_text_adds_up_to_the_profile_text(loaded_models, name):
         ids = [rng.choice(byte) if byte and rng.random() < 0.4 else rng.randrange(3, len(tok))
                for _ in range(rng.randint(1, 10))]
         assert _streamed(tok, ids) == profile.decode(ids).strip(), (name, ids)
+
+
+def test_start_end_image_tags_reach_the_chat_template(tiny_zoo, tmp_path):
+    """A checkpoint using <im_start>/<im_end>: the processor's chat template places images as the profile does."""
+    import shutil
+
+    from mgm.processing import MGMProcessor
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "mm_use_im_start_end": True}))
+    processor = MGMProcessor.from_pretrained(folder)
+    profile = processor.profile
+    assert profile.image_prefix == "<im_start><image><im_end>\n"
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    rendered = processor.apply_chat_template(chat, add_generation_prompt=True)
+    assert rendered == profile.prompt(QUESTION, 2)
+    assert "<im_start>Image 1:<image><im_end>\n<im_start>Image 2:<image><im_end>\n" + QUESTION in rendered

@@ -111,7 +111,7 @@ class MGMProcessor(ProcessorMixin):
         tokenizer = load_tokenizer(folder, family_for_llm(config.model_type).key, **tokenizer_kwargs)
         image_processor = MGMImageProcessor.from_model_config(config, folder)
         profile = profile_for_checkpoint(folder, config, tokenizer, image_processor)
-        templates = all_chat_templates(profile.template)
+        templates = all_chat_templates(profile.template, profile.image_prefix)
         tokenizer.chat_template = dict(templates)  # tokenizer.apply_chat_template renders the same way
         processor = cls(image_processor, tokenizer, chat_template=templates)
         processor.profile = profile
