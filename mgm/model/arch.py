@@ -52,6 +52,18 @@ class MGMMetaModel:
         object.__setattr__(self, "_vision_encoder", encoder)  # not a child: the keys stay the original ones
 
     @property
+    def mgm_settings(self) -> MGMSettings:
+        return self.__dict__["_mgm_settings"]
+
+    @mgm_settings.setter
+    def mgm_settings(self, value: MGMSettings) -> None:
+        # one set of settings: the encoder follows the model's (e.g. a benchmark switching to HD views)
+        object.__setattr__(self, "_mgm_settings", value)
+        encoder = self.__dict__.get("_vision_encoder")
+        if encoder is not None:
+            encoder.settings = value
+
+    @property
     def vision_encoder(self) -> MGMVisionEncoder | None:
         """The vision encoder over this model's own towers, projector and mining modules (None: text only)."""
         encoder = self.__dict__.get("_vision_encoder")
