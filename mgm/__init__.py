@@ -4,11 +4,20 @@ As in the original package, `from mgm import MGMLlamaForCausalLM` works and `imp
 `AutoConfig` / `AutoModelForCausalLM.from_pretrained(<MGM checkpoint>)`. Both are lazy: the model
 classes are imported on first attribute access, and the Auto registration runs the first time
 transformers looks up a model type it does not know (see `mgm.registration`), so importing a light
-module such as `mgm.conversation` does not import torch.
+module such as `mgm.conversation` does not import torch. `mgm.register()` registers everything at once,
+explicitly (idempotent): the MGM configs and models with the Auto classes, the processor classes and
+the `SentencePieceDecodingTokenizer` that `AutoTokenizer` then loads back from a saved folder.
 """
 from mgm.registration import register_on_first_lookup
 
 register_on_first_lookup()
+
+
+def register() -> None:
+    """Register every MGM class with the transformers Auto classes now (idempotent, thread-safe)."""
+    from mgm.registration import register_auto_classes
+
+    register_auto_classes()
 
 
 def __getattr__(name: str):

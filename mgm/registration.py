@@ -43,8 +43,24 @@ def register_auto_classes() -> None:
         register_families()
         for config_cls, _, causal_cls in family_classes().values():
             AutoModelForImageTextToText.register(config_cls, causal_cls, exist_ok=True)
+        register_tokenizer_class()
         register_processor_classes([config_cls for config_cls, _, _ in family_classes().values()])
         _registered = True
+
+
+def register_tokenizer_class() -> None:
+    """Let `AutoTokenizer` load a saved `SentencePieceDecodingTokenizer` (tokenizer_config.json names it) as
+    that class; registered with the Llama-family MGM configs, whose tokenizers it decodes."""
+    from transformers import AutoTokenizer
+
+    from mgm.model.families import FAMILIES, classes_for_model_type
+    from mgm.model.sentencepiece_decode import SLOW_TOKENIZER_FAMILIES, SentencePieceDecodingTokenizer
+
+    for fam in FAMILIES:
+        if fam.key in SLOW_TOKENIZER_FAMILIES:
+            for model_type in (fam.model_type, fam.legacy_model_type):
+                AutoTokenizer.register(classes_for_model_type(model_type)[0],
+                                       tokenizer_class=SentencePieceDecodingTokenizer, exist_ok=True)
 
 
 def _registering_mapping_class(base: type) -> type:

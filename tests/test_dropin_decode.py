@@ -26,11 +26,9 @@ def sp(sp_folder):
 
 
 def _tokenizer(folder, family="llama"):
-    from transformers import AutoTokenizer
+    from mgm.model.sentencepiece_decode import load_tokenizer
 
-    from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
-
-    return use_sentencepiece_decoding(AutoTokenizer.from_pretrained(str(folder)), folder, family)
+    return load_tokenizer(folder, family)
 
 
 def _bytes(sp, *values):
@@ -79,10 +77,31 @@ def test_text_streamer_prints_the_same_text(sp_folder, sp, capsys):
 
 def test_only_families_the_original_decoded_slowly(tiny_zoo, sp_folder):
     """Gemma and Mixtral were loaded fast by the original, folders without tokenizer.model have no sp model."""
+    from mgm.model.sentencepiece_decode import SentencePieceDecodingTokenizer
+
     gemma = tiny_zoo["checkpoints"]["MGM-Tiny-Gemma"]["path"]
-    assert "_decode" not in vars(_tokenizer(gemma, "gemma"))
-    assert "_decode" not in vars(_tokenizer(tiny_zoo["checkpoints"]["MGM-Tiny-LLaMA3"]["path"]))
-    assert "_decode" in vars(_tokenizer(sp_folder, "mistral"))
+    assert not isinstance(_tokenizer(gemma, "gemma"), SentencePieceDecodingTokenizer)
+    assert not isinstance(_tokenizer(tiny_zoo["checkpoints"]["MGM-Tiny-LLaMA3"]["path"]), SentencePieceDecodingTokenizer)
+    assert type(_tokenizer(sp_folder, "mistral")) is SentencePieceDecodingTokenizer
+    # a named class, not a patched instance: nothing is installed on the object
+    assert "_decode" not in vars(_tokenizer(sp_folder, "mistral"))
+
+
+def test_saved_and_reloaded_tokenizer_decodes_as_the_original(sp_folder, sp, tmp_path):
+    """`type(tokenizer)` names the decoding; save + `AutoTokenizer` reload keeps the class and the text."""
+    from transformers import AutoTokenizer
+
+    import mgm
+
+    mgm.register()
+    tok = _tokenizer(sp_folder)
+    ids = tok("hello", add_special_tokens=False).input_ids + _bytes(sp, 0xEB, 0x14, 0xE3) + \
+        tok("world", add_special_tokens=False).input_ids
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(again) is type(tok) and type(tok).__name__ == "SentencePieceDecodingTokenizer"
+    assert again.decode(ids) == tok.decode(ids) == sp.decode(ids)
+    assert "\ufffd\x14\ufffd" in again.decode(ids)
 
 
 def test_tokenizer_with_original_decoding_pickles(sp_folder, sp):

@@ -45,7 +45,9 @@ def _text(content) -> tuple[str, int]:
 
 
 def expected_prompt(name: str, messages: list[dict], add_generation_prompt: bool) -> str:
-    """The prompt mgm's own code makes: Conversation + the OpenAI route's system rule."""
+    """The prompt mgm's own code makes: Conversation + the OpenAI route's system rule + the profile's
+    multi-image form (two or more images are numbered `Image k:<image>`)."""
+    from mgm.profile import number_images
     from mgm.serve.openai_api import apply_system
 
     conv = get_template(name)
@@ -66,7 +68,7 @@ def expected_prompt(name: str, messages: list[dict], add_generation_prompt: bool
         conv.append_message(conv.roles[i % 2], text)
     if add_generation_prompt:
         conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+    return number_images(conv.get_prompt())
 
 
 @pytest.fixture(scope="module")

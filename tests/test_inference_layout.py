@@ -13,9 +13,8 @@ PACKAGE = Path(mgm.__file__).resolve().parent
 
 
 def _sources() -> dict[Path, str]:
-    """Generation code: the engine and its users in eval and serving (training collation pads its own way)."""
-    return {p: p.read_text(encoding="utf-8") for sub in ("inference", "eval", "serve")
-            for p in (PACKAGE / sub).rglob("*.py")}
+    """Every module of the package: the engine, its front ends, the processor, the profile, training."""
+    return {p: p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")}
 
 
 def test_each_sampling_rule_is_defined_once():

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from mgm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
+from mgm.profile import pad_id_for
 
 # A whole JSON string token, or one bracket: enough to find the top-level elements of a JSON list.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
@@ -398,7 +399,7 @@ class LazySupervisedDataset(Dataset):
         """Inputs of a row that trains nothing (one pad token, zero images): stands in for an all-bad batch."""
         from mgm.data.image import image_to_tensors
 
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_id_for(self.tokenizer, ())  # the one pad rule (no EOS fallback: nothing is generated)
         out: dict = {"input_ids": torch.tensor([pad]), "labels": torch.tensor([IGNORE_INDEX])}
         cfg = self.config
         if cfg.multimodal and cfg.image_processor is not None:

@@ -215,3 +215,20 @@ def images_to_batch(images: Iterable[Image.Image | None], processor: ImageProces
         lrs.append(lr)
         hrs.append(hr)
     return torch.stack(lrs), (torch.stack(hrs) if hrs and hrs[0] is not None else None)
+
+
+def process_images(images, image_processor, model_cfg):
+    """PIL images -> pixel tensors; `image_aspect_ratio == 'pad'` pads to square with the mean colour first.
+
+    Returns a stacked [N, 3, H, W] tensor when all shapes agree, else a list (as the original).
+    """
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "pad":
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        outs = [image_processor.preprocess(expand2square(im.convert("RGB"), background), return_tensors="pt")
+                ["pixel_values"][0] for im in images]
+    else:
+        return image_processor(images, return_tensors="pt")["pixel_values"]
+    if all(o.shape == outs[0].shape for o in outs):
+        return torch.stack(outs, dim=0)
+    return outs

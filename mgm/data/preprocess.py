@@ -34,7 +34,7 @@ import torch
 
 from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from mgm.conversation import Conversation, SeparatorStyle, get_template
-from mgm.mm_utils import tokenizer_image_token
+from mgm.data.prompt_ids import tokenizer_image_token
 
 __all__ = [
     "ConversationFormatError",

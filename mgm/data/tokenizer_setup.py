@@ -11,6 +11,9 @@ The tokenizer is saved with every checkpoint, so these choices are inherited by 
 | anything else      | the version's template, else vicuna_v1  | pad = unk                                        |
 
 `padding_side` is always "right" (the original passed it when loading the tokenizer).
+
+`image_token_groups` / `add_image_tokens`: the `<im_patch>` and `<im_start>`/`<im_end>` tokens an MGM
+config asks for, added by the loaders, the processor and training alike.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Any
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
 
-__all__ = ["setup_tokenizer_for_version", "LLAMA3_UNK_TOKEN", "V0_PAD_TOKEN"]
+__all__ = ["add_image_tokens", "image_token_groups", "setup_tokenizer_for_version", "LLAMA3_UNK_TOKEN",
+           "V0_PAD_TOKEN"]
 
 LLAMA3_UNK_TOKEN = "<|reserved_special_token_0|>"
 V0_PAD_TOKEN = "[PAD]"
@@ -81,3 +85,27 @@ def setup_tokenizer_for_version(tokenizer: Any, version: str) -> tuple[Any, str,
                           stacklevel=2)
             template = _FALLBACK_TEMPLATE
     return tokenizer, template, added
+
+
+def image_token_groups(use_patch_token: bool, use_start_end: bool) -> list[tuple[str, ...]]:
+    """The image tokens a model adds, in the order and groups the original added them (training grows
+    the embeddings after each group: `<im_patch>` zero-initialised, `<im_start>`/`<im_end>` mean-initialised)."""
+    from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+    groups: list[tuple[str, ...]] = []
+    if use_patch_token:
+        groups.append((DEFAULT_IMAGE_PATCH_TOKEN,))
+    if use_start_end:
+        groups.append((DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN))
+    return groups
+
+
+def add_image_tokens(tokenizer: Any, config: Any) -> None:
+    """Add the image tokens an MGM config asks for to `tokenizer` (none without a vision tower); idempotent."""
+    from mgm.model.settings import MGMSettings
+
+    s = MGMSettings.from_config(config)
+    if not s.vision_tower:
+        return
+    for group in image_token_groups(s.mm_use_im_patch_token, s.mm_use_im_start_end):
+        tokenizer.add_tokens(list(group), special_tokens=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import subprocess
 import sys
@@ -71,29 +70,10 @@ def ckpt_name(model_path: str, work_dir: str) -> str:
 
 
 def default_conv_mode(model_path: str) -> str:
-    """The template a model's config (and tokenizer, when it loads) implies."""
-    from mgm.conversation import template_for_model_config
+    """The template of the checkpoint's `ModelProfile` (from its config and tokenizer, no weights read)."""
+    from mgm.profile import checkpoint_profile
 
-    config_file = Path(os.path.expanduser(model_path)) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"{config_file} is missing or not JSON: --model-path must be an MGM checkpoint "
-                        "folder") from None
-    tokenizer = None
-    try:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # AutoTokenizer warns about the unknown mgm model type
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(config_file.parent))
-        finally:
-            hf_logging.set_verbosity(level)
-    except Exception:  # a tokenizer that does not load only loses the tokenizer-based hints
-        tokenizer = None
-    return template_for_model_config(config, tokenizer)
+    return checkpoint_profile(model_path).template
 
 
 def runner_argv(bench: Benchmark, paths: dict, args: argparse.Namespace, conv_mode: str) -> list[str]:

@@ -31,10 +31,11 @@ def load_images(image_files: list[str]) -> list:
 
 def eval_model(args) -> str:
     """Load the model, answer `args.query` about `args.image_file`, print and return the answer."""
-    from mgm.conversation import conv_templates, template_for_model_config
-    from mgm.mm_utils import get_model_name_from_path
+    from mgm.inference.engine import InferenceEngine
+    from mgm.inference.requests import GenerationParams, Request
+    from mgm.model_name import get_model_name_from_path
     from mgm.model.builder import load_pretrained_model
-    from mgm.serve.engine import GenerationParams, InferenceEngine, Request
+    from mgm.profile import profile_of
 
     tokenizer, model, processor, context_len = load_pretrained_model(
         args.model_path, args.model_base, get_model_name_from_path(args.model_path),
@@ -43,12 +44,13 @@ def eval_model(args) -> str:
                    if model.config.mm_use_im_start_end else DEFAULT_IMAGE_TOKEN)
     qs = args.query
     qs = re.sub(IMAGE_PLACEHOLDER, image_token, qs) if IMAGE_PLACEHOLDER in qs else image_token + "\n" + qs
-    conv = conv_templates[args.conv_mode or template_for_model_config(model.config, tokenizer)].copy()
+    profile = profile_of(model).with_template(args.conv_mode)
+    conv = profile.conversation()
     conv.append_message(conv.roles[0], qs)
     conv.append_message(conv.roles[1], None)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
                               max_new_tokens=args.max_new_tokens)
-    engine = InferenceEngine(tokenizer, model, processor, context_len)
+    engine = InferenceEngine(tokenizer, model, processor, context_len, profile=profile)
     answer = engine.generate([Request(conv.get_prompt(), load_images(image_parser(args)), params)])[0].strip()
     print(answer)
     return answer

@@ -67,37 +67,24 @@ class EvalModel:
     @classmethod
     def load(cls, args: argparse.Namespace) -> "EvalModel":
         """A lazily loaded model from `args.model_path` (+ model_base, load_8bit, device)."""
-        from mgm.mm_utils import get_model_name_from_path
+        from mgm.model_name import get_model_name_from_path
 
         model_path = os.path.expanduser(args.model_path)
         name = get_model_name_from_path(model_path)
 
         def loader() -> Any:
-            from mgm.model.builder import load_pretrained_model
             from mgm.inference.engine import InferenceEngine
+            from mgm.model.builder import load_pretrained_model
+            from mgm.profile import profile_of
 
             tokenizer, model, image_processor, context_len = load_pretrained_model(
                 model_path, getattr(args, "model_base", None), name, load_8bit=bool(getattr(args, "load_8bit", False)),
                 device=getattr(args, "device", "auto"))
-            return InferenceEngine(tokenizer, model, image_processor, context_len,
-                                   extra_eos_tokens=eval_eos_tokens(getattr(args, "conv_mode", "") or ""))
+            # the template's stop tokens end answers (the original runners' `terminators`, for every template)
+            profile = profile_of(model).with_template(getattr(args, "conv_mode", None) or None)
+            return InferenceEngine(tokenizer, model, image_processor, context_len, profile=profile)
 
         return cls(name, loader=loader)
-
-    def image_prefix(self) -> str:
-        """The text put before the question for each image (`<image>\\n`, or with start/end tags)."""
-        from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-
-        if getattr(self.engine.model.config, "mm_use_im_start_end", False):
-            return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n"
-        return DEFAULT_IMAGE_TOKEN + "\n"
-
-
-
-def eval_eos_tokens(conv_mode: str) -> tuple[str, ...]:
-    """Tokens that end an answer besides the model's own EOS ids: `<|eot_id|>` for llama_3 templates
-    (the original runners' `terminators`)."""
-    return ("<|eot_id|>",) if "llama_3" in conv_mode else ()
 
 
 def default_batch_size(engine: Any, max_new_tokens: int, num_beams: int = 1) -> int:
@@ -155,7 +142,7 @@ def resolve_conv_mode(conv_mode: str, model_name: str, keyed_on: str = "conv") -
 
 
 def build_prompt(conv_mode: str, user_text: str) -> str:
-    """One user turn + an open assistant turn in template `conv_mode`."""
+    """One user turn + an open assistant turn in template `conv_mode` (the text as given)."""
     from mgm.conversation import get_template
 
     conv = get_template(conv_mode)
@@ -201,10 +188,10 @@ class _Generator:
         self.conv_mode = conv_mode
         self.params = params
         self.fmt = fmt
-        self.prefix = model.image_prefix()
 
     def prompt(self, item: EvalItem) -> str:
-        return build_prompt(self.conv_mode, self.prefix * item.n_images + item.text)
+        """The question with its images placed and templated as the model's profile says."""
+        return self.model.engine.profile.with_template(self.conv_mode).prompt(item.text, item.n_images)
 
     def __call__(self, batch: list[EvalItem], images: list[list]) -> list[str]:
         from mgm.inference.requests import Request
@@ -215,8 +202,7 @@ class _Generator:
             model.update_prompt([[item.text] for item in batch])
         requests = [Request(self.prompt(item), imgs, self.params) for item, imgs in zip(batch, images)]
         out = engine.generate_ids(requests)
-        texts = engine.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [self.fmt.clean(t) for t in texts]
+        return [self.fmt.clean(engine.profile.decode(row)) for row in out]
 
 
 def run_benchmark(items: list[EvalItem], fmt: AnswerFormat, args: argparse.Namespace, *,

@@ -17,7 +17,9 @@ class IncrementalDecoder:
 
     Decodes a short window of previous tokens plus the new ones and emits what the new tokens added
     (the window keeps sentencepiece's leading-space handling right); holds text back while it ends in
-    an incomplete UTF-8 sequence (U+FFFD).
+    an incomplete UTF-8 sequence (U+FFFD). With a `ByteFallback` decoder, which turns a whole run of byte
+    pieces into U+FFFDs once any byte of it is invalid, text is also held while the last token is a
+    byte piece, so the pieces always add up to `tokenizer.decode` of all ids (the profile's text).
     """
 
     def __init__(self, tokenizer) -> None:
@@ -25,14 +27,22 @@ class IncrementalDecoder:
         self.ids: list[int] = []
         self.prefix_offset = 0
         self.read_offset = 0
+        # sentencepiece's own decoding replaces each invalid byte alone: no run to wait for
+        self.hold_byte_runs = not getattr(tokenizer, "decodes_bytes_alone", False)
 
     def _window(self) -> tuple[str, str]:
         decode = self.tokenizer.decode
         prefix = decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=True)
         return prefix, decode(self.ids[self.prefix_offset:], skip_special_tokens=True)
 
+    def _is_byte_piece(self, token_id: int) -> bool:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        return isinstance(piece, str) and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
+        if self.hold_byte_runs and self._is_byte_piece(token_id):
+            return ""  # the run's text is decided when it ends
         prefix, full = self._window()
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)

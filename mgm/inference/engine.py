@@ -22,10 +22,11 @@ from mgm.data.image import images_to_batch
 from mgm.errors import UserError
 from mgm.inference.decoding import trim_stop
 from mgm.inference.requests import Request
-from mgm.inference.sampling import pad_token_id
-from mgm.mm_utils import KeywordsStoppingCriteria, tokenizer_image_token
+from mgm.data.prompt_ids import tokenizer_image_token
+from mgm.inference.stopping import KeywordsStoppingCriteria
 from mgm.model.arch import cache_keyword
 from mgm.model.kv_cache import growing_cache
+from mgm.profile import ModelProfile, profile_for_model, single_token_id
 
 
 @dataclass
@@ -41,31 +42,26 @@ class BatchInputs:
         return dict(images=self.images, images_aux=self.images_aux, attention_mask=self.mask)
 
 
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
 class InferenceEngine:
     """Wraps `(tokenizer, model, image_processor, context_len)` from `load_pretrained_model`.
 
-    extra_eos_tokens: tokens that also end an answer when they are single vocabulary entries, e.g. a
-    template's stop strings (`<|eot_id|>` for llama_3, `<|im_end|>` for ChatML).
+    profile: the model's `ModelProfile` (default: the one `load_pretrained_model` resolved, else one
+    resolved here for a model built by hand); its end-of-sequence ids, pad id, context limit, tokens
+    per image and decoder are the engine's. extra_eos_tokens: tokens that also end an answer when they
+    are single vocabulary entries.
     """
 
     def __init__(self, tokenizer, model, image_processor, context_len: int = 2048,
-                 extra_eos_tokens: Iterable[str] = ()) -> None:
+                 extra_eos_tokens: Iterable[str] = (), profile: ModelProfile | None = None) -> None:
         self.tokenizer = tokenizer
         self.model = model
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
-        self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
-        gen_config = getattr(model, "generation_config", None)
-        for extra in _as_list(getattr(gen_config, "eos_token_id", None)):
-            if extra not in self.eos_ids:
-                self.eos_ids.append(extra)
+        if profile is None:
+            profile = getattr(model, "mgm_profile", None) or profile_for_model(model, tokenizer, image_processor)
+        self.profile = profile
+        self.eos_ids: list[int] = list(profile.eos_ids)
         for token in extra_eos_tokens:
             self.add_eos_token(token)
 
@@ -80,12 +76,12 @@ class InferenceEngine:
 
     @property
     def pad_id(self) -> int:
-        return pad_token_id(self.tokenizer, self.eos_ids)
+        return self.profile.pad_id
 
     def add_eos_token(self, token: str) -> None:
-        """Also stop on `token` when it is a single vocabulary entry (e.g. `<|eot_id|>` for llama_3)."""
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in self.eos_ids:
+        """Also stop on `token` when it is a single vocabulary entry."""
+        token_id = single_token_id(self.tokenizer, token)
+        if token_id is not None and token_id not in self.eos_ids:
             self.eos_ids.append(token_id)
 
     # -- inputs ---------------------------------------------------------------------------------------
@@ -109,12 +105,8 @@ class InferenceEngine:
         return lr, (hr.to(device=self.device, dtype=self.dtype) if hr is not None else None)
 
     def num_image_tokens(self) -> int:
-        """Tokens one image occupies in the LLM's sequence (grid views and global view included)."""
-        tower = self.model.get_vision_tower()
-        if tower is None:
-            return 0
-        s = self.model.mgm_settings
-        return tower.num_patches * (s.image_grid**2 + (1 if s.image_global and s.image_grid > 1 else 0))
+        """Tokens one image occupies in the LLM's sequence (the profile's tokens per image)."""
+        return self.profile.tokens_per_image
 
     def batch_inputs(self, requests: list[Request]) -> BatchInputs:
         """Left-padded ids and mask plus image blocks for `requests`; each prompt must fit the context."""
@@ -161,7 +153,7 @@ class InferenceEngine:
         """Answers (cut at their stop strings, stripped) for requests sharing one set of sampling parameters."""
         if not requests:
             return []
-        texts = self.tokenizer.batch_decode(self.generate_ids(requests), skip_special_tokens=True)
+        texts = [self.profile.decode(row) for row in self.generate_ids(requests)]
         return [trim_stop(t, requests[0].params.stop) for t in texts]
 
     def stream(self, request: Request, cancel: threading.Event | None = None) -> Iterator[str]:
@@ -206,8 +198,8 @@ def request_token_count(engine: InferenceEngine, request: Request) -> int:
 
 
 def context_limit(engine: InferenceEngine) -> int:
-    """The model's position limit (max_position_embeddings, else the loader's context length)."""
-    return int(getattr(engine.model.config, "max_position_embeddings", None) or engine.context_len)
+    """The model's position limit (the profile's)."""
+    return engine.profile.context_limit
 
 
 def check_context(engine: InferenceEngine, prompt_tokens: int) -> int:

@@ -7,13 +7,16 @@ without stopping the others. Used by `DynamicBatcher` in window mode and by `Inf
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from mgm.inference.decoding import Row
-from mgm.inference.engine import InferenceEngine
 from mgm.inference.requests import Request, RowResult
 from mgm.inference.sampling import row_sampling_processor, sampling_top_k
+
+if TYPE_CHECKING:  # annotations only: the engine imports this module to stream
+    from mgm.inference.engine import InferenceEngine
 
 
 class RowStreamer:

@@ -1,8 +1,8 @@
-"""Sampling rules shared by every generation path: greedy threshold, top-k default, pad id, per-row warping.
+"""Sampling rules shared by every generation path: greedy threshold, top-k default, per-row warping.
 
-Each rule is defined here once; the engine, the streamed rows and continuous batching all use them.
-torch is imported by the functions that compute: the servers' request checks read only the constants and
-`is_greedy`, and a controller or `--help` should not pay for loading torch.
+Each rule is defined here once (the pad id is the model's, `mgm.profile`); the engine, the streamed rows and
+continuous batching all use them. torch is imported by the functions that compute: the servers' request checks
+read only the constants and `is_greedy`, and a controller or `--help` should not pay for loading torch.
 """
 from __future__ import annotations
 
@@ -19,20 +19,10 @@ GREEDY_MAX_TEMPERATURE = 0.001
 # top-k applied when sampling and the model's generation config names none (transformers' default).
 DEFAULT_TOP_K = 50
 
-# pad id when the tokenizer has no pad token and no end-of-sequence id is known either.
-FALLBACK_PAD_ID = 0
-
 
 def is_greedy(temperature: float) -> bool:
     """True when `temperature` asks for greedy decoding (GREEDY_MAX_TEMPERATURE)."""
     return temperature <= GREEDY_MAX_TEMPERATURE
-
-
-def pad_token_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
-    """The pad id: the tokenizer's, else the first end-of-sequence id, else FALLBACK_PAD_ID."""
-    if tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    return int(eos_ids[0]) if eos_ids else FALLBACK_PAD_ID
 
 
 def sampling_top_k(model: Any) -> int:

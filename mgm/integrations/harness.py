@@ -2,9 +2,9 @@
 small question-answering and scoring API.
 
 `HarnessModel` loads a checkpoint lazily and answers (question text, images) pairs with mgm's
-inference engine, with exactly the prompt `python -m mgm.eval.model_vqa_loader` builds (one
-`<image>\\n` per image before the question, the conversation template, the same end-of-sequence
-tokens), so a toolkit's answers equal mgm's own runner and batched answers equal unbatched ones.
+inference engine, with exactly the prompt `python -m mgm.eval.model_vqa_loader` builds (both read
+the checkpoint's `ModelProfile`: images placed, template, end-of-sequence tokens), so a toolkit's
+answers equal mgm's own runner and batched answers equal unbatched ones.
 `score_continuations` gives log p(continuation | prompt, images) for multiple-choice scoring.
 Neither toolkit is imported here.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mgm.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from mgm.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
 
 
@@ -42,7 +42,7 @@ class HarnessModel:
 
         from mgm.conversation import get_template
         from mgm.eval.runner import EvalModel
-        from mgm.mm_utils import get_model_name_from_path
+        from mgm.model_name import get_model_name_from_path
 
         self.model_path = os.path.expanduser(str(model_path))
         if not os.path.isfile(os.path.join(self.model_path, "config.json")):
@@ -55,16 +55,17 @@ class HarnessModel:
         name = get_model_name_from_path(self.model_path)
 
         def load() -> Any:
+            from mgm.inference.engine import InferenceEngine
             from mgm.model.builder import load_pretrained_model
-            from mgm.serve.engine import InferenceEngine
+            from mgm.profile import profile_of
 
             # "cuda:N" holds the whole model (one replica per process): the loader's own rule
             tokenizer, model, processor, context_len = load_pretrained_model(
                 self.model_path, model_base, name, load_8bit=load_8bit, device=device)
-            return InferenceEngine(tokenizer, model, processor, context_len)
+            return InferenceEngine(tokenizer, model, processor, context_len,
+                                   profile=profile_of(model).with_template(conv_mode))
 
         self.eval_model = EvalModel(name, loader=load)
-        self._terminators_set = False
 
     @property
     def name(self) -> str:
@@ -73,40 +74,25 @@ class HarnessModel:
     @property
     def engine(self) -> Any:
         """The inference engine (the checkpoint is loaded on first access)."""
-        engine = self.eval_model.engine
-        if not self._terminators_set:
-            self._terminators_set = True
-            from mgm.eval.runner import eval_eos_tokens
+        return self.eval_model.engine
 
-            for token in eval_eos_tokens(self.conv_mode):  # the same stop tokens as mgm's runners
-                engine.add_eos_token(token)
-        return engine
+    @property
+    def profile(self) -> Any:
+        """The checkpoint's `ModelProfile` (with the chosen template)."""
+        return self.engine.profile
 
     @property
     def conv_mode(self) -> str:
-        if self._conv_mode is None:
-            from mgm.conversation import template_for_model_config
-
-            engine = self.eval_model.engine
-            self._conv_mode = template_for_model_config(engine.model.config, engine.tokenizer)
-        return self._conv_mode
+        return self._conv_mode if self._conv_mode is not None else self.profile.template
 
     # -- prompts --------------------------------------------------------------------------------------
     def prompt(self, question: Question) -> str:
-        """The templated prompt: `<image>\\n` per image before the text unless the text has its own tags."""
-        from mgm.eval.runner import build_prompt
-
-        text = question.text
-        tags = text.count(DEFAULT_IMAGE_TOKEN)
-        if tags == 0 and question.images:
-            text = self.eval_model.image_prefix() * len(question.images) + text
-        elif tags != len(question.images):
-            raise UserError(f"the question has {tags} <image> tags but {len(question.images)} images")
-        return build_prompt(self.conv_mode, text)
+        """The templated prompt: images placed as the profile places them (`ModelProfile.prompt`)."""
+        return self.profile.prompt(question.text, len(question.images))
 
     def requests(self, questions: list[Question], params: Any) -> list:
         """Engine requests for `questions` with sampling parameters `params` (a GenerationParams)."""
-        from mgm.serve.engine import Request
+        from mgm.inference.requests import Request
 
         return [Request(self.prompt(q), list(q.images), params) for q in questions]
 
@@ -122,7 +108,7 @@ class HarnessModel:
         """`(log p(continuation | question), greedy?)` per pair, in one forward pass."""
         if not questions:
             return []
-        from mgm.serve.engine import GenerationParams
+        from mgm.inference.requests import GenerationParams
 
         engine = self.engine
         return score_continuations(engine, self.requests(questions, GenerationParams()), continuations)
@@ -153,7 +139,7 @@ def continuation_ids(engine: Any, prompt: str, continuation: str, prompt_ids: to
     with a space (" B") gets the ids it has after the prompt; when joint tokenisation changes the
     prompt's own last tokens, the continuation is tokenised alone.
     """
-    from mgm.mm_utils import tokenizer_image_token
+    from mgm.data.prompt_ids import tokenizer_image_token
 
     if not continuation:
         raise UserError("an empty continuation cannot be scored")
@@ -174,9 +160,9 @@ def score_continuations(engine: Any, requests: list, continuations: list[str]) -
     """
     if len(requests) != len(continuations):
         raise ValueError("one continuation per request")
-    model, tokenizer = engine.model, engine.tokenizer
+    model = engine.model
     rows, targets = [], []
-    limit = getattr(model.config, "max_position_embeddings", None) or engine.context_len
+    limit = engine.profile.context_limit
     for request, continuation in zip(requests, continuations):
         prompt_ids = engine.encode_prompt(request)
         cont = continuation_ids(engine, request.prompt, continuation, prompt_ids)
@@ -186,7 +172,7 @@ def score_continuations(engine: Any, requests: list, continuations: list[str]) -
                             f"model's context of {limit}")
         rows.append(torch.cat([prompt_ids, cont]))
         targets.append(torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), cont]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (engine.eos_ids or [0])[0]
+    pad_id = engine.pad_id
     width = max(r.shape[0] for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -1,8 +1,8 @@
 """The MGM behaviour, written once and mixed into every LLM family (docs/original.md#patch-info-mining, docs/design.md §3).
 
-`MGMMetaModel` is mixed into the family's inner `*Model`: it owns the towers, the projector and the
-three `vlm_uni_*` patch-info-mining modules, all built from config in `__init__` so standard
-`from_pretrained` fills every weight. `MGMMetaForCausalLM` is mixed into the family's `*ForCausalLM`:
+`MGMMetaModel` is mixed into the family's inner `*Model`: it composes the `MGMVisionEncoder` (towers,
+projector, the three `vlm_uni_*` patch-info-mining modules), built from config in `__init__` and
+mounted under the original names so standard `from_pretrained` fills every weight. `MGMMetaForCausalLM` is mixed into the family's `*ForCausalLM`:
 image encoding, splicing image features into the token embeddings, `forward` and `generate`.
 """
 from __future__ import annotations
@@ -16,156 +16,78 @@ from transformers import GenerationMixin
 
 from mgm.constants import IGNORE_INDEX
 from mgm.errors import UserError
-from mgm.model.checkpoint_files import CheckpointFiles
-from mgm.model.mining import build_mining_projectors, crops_to_grid, grid_to_crops, mine_patches
-from mgm.model.projector import build_vision_projector
 from mgm.model.settings import MGMSettings
 from mgm.model.splice import assign_images, splice
 from mgm.model.vision.clip import CLIPVisionTower
-from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
-from mgm.model.vision.multiscale import MultiScaleMap, resize_map
-from mgm.model.vision.registry import (
-    clip_config_from,
-    convnext_spec_from,
-    missing_tower_error,
-    resolve_tower_path,
-)
-
-CLIP_PREFIX = "model.vision_tower.vision_tower."
-AUX_PREFIX = "model.vision_tower_aux."
-MINING_NAMES = ("vlm_uni_query_projector", "vlm_uni_aux_projector", "vlm_uni_val_projector")
-
+from mgm.model.vision.convnext import ConvNeXtTower
+from mgm.model.vision.multiscale import MultiScaleMap
+from mgm.model.vision_encoder import MODULE_NAMES, MGMVisionEncoder
 
 class MGMMetaModel:
-    """Mixin for the inner model: towers, projector and mining modules built from the config."""
+    """Mixin for the inner model: composes the `MGMVisionEncoder` built from the config.
+
+    The encoder's submodules are registered on the inner model under their original names, so the
+    state-dict keys stay `model.vision_tower.*`, `model.mm_projector.*`, ...; the encoder itself is kept
+    outside the module tree (`vision_encoder`) and runs those same modules.
+    """
 
     def init_multimodal(self, config, vision_tower_path: str | None = None,
                         vision_tower_aux_path: str | None = None) -> None:
         """Build every multimodal module the config asks for (architecture only; weights come later)."""
         self.mgm_settings = MGMSettings.from_config(config)
-        self.tower_dirs: dict[str, Path | None] = {"vision_tower": None, "vision_tower_aux": None}
         self._tower_overrides = {"vision_tower": vision_tower_path, "vision_tower_aux": vision_tower_aux_path}
+        object.__setattr__(self, "_vision_encoder", None)
         if self.mgm_settings.vision_tower:
             self.build_vision_modules(config)
 
     def build_vision_modules(self, config) -> None:
-        """(Re)build towers, projector and mining modules from `config`'s MGM keys."""
-        s = self.mgm_settings = MGMSettings.from_config(config)
-        checkpoint_dir = getattr(config, "name_or_path", None) or None
-        ckpt = CheckpointFiles(checkpoint_dir) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
-
-        lr_dir = resolve_tower_path(s.vision_tower, checkpoint_dir, self._tower_overrides["vision_tower"])
-        clip_cfg = clip_config_from(lr_dir, s.vision_tower)
-        if clip_cfg is None:
-            raise missing_tower_error("LR (CLIP)", "mm_vision_tower", s.vision_tower, checkpoint_dir,
-                                      self._tower_overrides["vision_tower"])
-        self.tower_dirs["vision_tower"] = lr_dir
-        self.vision_tower = CLIPVisionTower(clip_cfg, s.select_layer, s.select_feature, s.optimize_vision_tower)
-        mm_hidden = s.mm_hidden_size or clip_cfg.hidden_size
-        config.mm_hidden_size = mm_hidden
-        self.mm_projector = build_vision_projector(s, mm_hidden, config.hidden_size)
-
-        if s.has_aux:
-            aux_dir = resolve_tower_path(s.vision_tower_aux, checkpoint_dir, self._tower_overrides["vision_tower_aux"])
-            spec = convnext_spec_from(aux_dir)
-            if spec is None and ckpt:
-                spec = ConvNeXtSpec.from_state_dict(ckpt.shapes(AUX_PREFIX + "vision_"), AUX_PREFIX + "vision_")
-            if spec is None:
-                raise missing_tower_error("HR (ConvNeXt)", "mm_vision_tower_aux", s.vision_tower_aux,
-                                          checkpoint_dir, self._tower_overrides["vision_tower_aux"])
-            self.tower_dirs["vision_tower_aux"] = aux_dir
-            self.vision_tower_aux = ConvNeXtTower(spec, drop_path=s.drop_path, trainable=s.optimize_vision_tower_aux)
-            config.mm_hidden_size_aux = s.mm_hidden_size_aux or spec.hidden_size
-            for name, module in build_mining_projectors(mm_hidden, config.mm_hidden_size_aux).items():
+        """(Re)build the vision encoder from `config`'s MGM keys and mount its modules on this model."""
+        encoder = MGMVisionEncoder(config, self._tower_overrides["vision_tower"],
+                                   self._tower_overrides["vision_tower_aux"])
+        self.mgm_settings = encoder.settings
+        for name in MODULE_NAMES:
+            module = encoder._modules.get(name)
+            if module is not None:
                 setattr(self, name, module)
+        object.__setattr__(self, "_vision_encoder", encoder)  # not a child: the keys stay the original ones
+
+    @property
+    def mgm_settings(self) -> MGMSettings:
+        return self.__dict__["_mgm_settings"]
+
+    @mgm_settings.setter
+    def mgm_settings(self, value: MGMSettings) -> None:
+        # one set of settings: the encoder follows the model's (e.g. a benchmark switching to HD views)
+        object.__setattr__(self, "_mgm_settings", value)
+        encoder = self.__dict__.get("_vision_encoder")
+        if encoder is not None:
+            encoder.settings = value
+
+    @property
+    def vision_encoder(self) -> MGMVisionEncoder | None:
+        """The vision encoder over this model's own towers, projector and mining modules (None: text only)."""
+        encoder = self.__dict__.get("_vision_encoder")
+        if encoder is not None:
+            for name in MODULE_NAMES:  # a module replaced on the model (wrapped, re-initialised) is the one used
+                current = self._modules.get(name)
+                if current is not None and encoder._modules.get(name) is not current:
+                    encoder._modules[name] = current
+        return encoder
+
+    @property
+    def tower_dirs(self) -> dict[str, Path | None]:
+        encoder = self.__dict__.get("_vision_encoder")
+        return dict(encoder.tower_dirs) if encoder is not None else {"vision_tower": None, "vision_tower_aux": None}
 
     # -- weights --------------------------------------------------------------------------------
     def load_tower_weights(self, checkpoint_dir: str | None) -> dict[str, str]:
-        """Choose which copy of each tower's weights is used, exactly as the original (docs/original.md#tower-weights).
-
-        CLIP: the checkpoint's copy when the shards holding mining/ConvNeXt keys carry the complete CLIP
-        key set, else the tower folder. ConvNeXt: the checkpoint's copy only with
-        `optimize_vision_tower_aux`, else the tower folder; the checkpoint's copy too when the folder is
-        missing (a modern addition). Returns {tower: "checkpoint" | "folder"}.
-        """
-        s = self.mgm_settings
-        ckpt = CheckpointFiles(checkpoint_dir) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
-        keys = set(ckpt.keys()) if ckpt else set()
-        selected = ckpt.keys_in(ckpt.files_with(("vlm_uni", "vision_fpn", "vision_stages"))) if ckpt else []
-        sources: dict[str, str] = {}
-        if getattr(self, "vision_tower", None) is not None:
-            needed = {k for k in self.vision_tower.vision_tower.state_dict() if not k.endswith("position_ids")}
-            in_selected = {k[len(CLIP_PREFIX):] for k in selected if k.startswith(CLIP_PREFIX)}
-            anywhere = {k[len(CLIP_PREFIX):] for k in keys if k.startswith(CLIP_PREFIX)}
-            lr_dir = self.tower_dirs["vision_tower"]
-            if needed <= in_selected:
-                sources["vision_tower"] = "checkpoint"
-            elif lr_dir is not None and _has_hf_weights(lr_dir):
-                _load_clip_folder(self.vision_tower, lr_dir)
-                sources["vision_tower"] = "folder"
-            elif needed <= anywhere:
-                sources["vision_tower"] = "checkpoint"
-            else:
-                raise missing_tower_error("LR (CLIP)", "mm_vision_tower", s.vision_tower, checkpoint_dir,
-                                          self._tower_overrides["vision_tower"])
-        if getattr(self, "vision_tower_aux", None) is not None:
-            needed = set(self.vision_tower_aux.state_dict())
-            anywhere = {k[len(AUX_PREFIX):] for k in keys if k.startswith(AUX_PREFIX)}
-            aux_dir = self.tower_dirs["vision_tower_aux"]
-            folder_state = None
-            if not (s.optimize_vision_tower_aux and needed <= anywhere) and aux_dir is not None:
-                from mgm.model.vision.convnext import strip_open_clip_state_dict
-                from mgm.model.vision.registry import load_open_clip_weights
-
-                raw = load_open_clip_weights(aux_dir)
-                folder_state = strip_open_clip_state_dict(raw) if raw is not None else None
-            if folder_state:
-                self.vision_tower_aux.load_state_dict(folder_state, strict=True)
-                sources["vision_tower_aux"] = "folder"
-            elif needed <= anywhere:
-                sources["vision_tower_aux"] = "checkpoint"
-            else:
-                raise missing_tower_error("HR (ConvNeXt)", "mm_vision_tower_aux", s.vision_tower_aux,
-                                          checkpoint_dir, self._tower_overrides["vision_tower_aux"])
-        return sources
+        """Which copy of each tower's weights is used (`MGMVisionEncoder.load_tower_weights`)."""
+        return self.vision_encoder.load_tower_weights(checkpoint_dir)
 
     def load_tower_weights_from_folders(self) -> None:
         """Fill both towers from their folders (training from a base LLM, docs/original.md#init-helpers)."""
-        if getattr(self, "vision_tower", None) is not None:
-            _load_clip_folder(self.vision_tower, self.tower_dirs["vision_tower"])
-        if getattr(self, "vision_tower_aux", None) is not None:
-            from mgm.model.vision.convnext import strip_open_clip_state_dict
-            from mgm.model.vision.registry import load_open_clip_weights
-
-            raw = load_open_clip_weights(self.tower_dirs["vision_tower_aux"])
-            if raw is None:
-                raise UserError(f"no open_clip weights in {self.tower_dirs['vision_tower_aux']}")
-            self.vision_tower_aux.load_state_dict(strip_open_clip_state_dict(raw), strict=True)
-
-
-def _has_hf_weights(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in (
-        "model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"))
-
-
-def _load_clip_folder(tower: CLIPVisionTower, folder: Path | None) -> None:
-    """Copy the vision weights of a CLIP or CLIPVision folder into `tower` (strict)."""
-    if folder is None or not _has_hf_weights(folder):
-        raise UserError(f"CLIP tower folder {folder} has no weights file")
-    files = CheckpointFiles(folder)
-    # Released folders are full CLIP models (`vision_model.*` + text keys); transformers 5 saves a
-    # CLIPVisionModel without the `vision_model.` level. Accept both.
-    parts = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
-    wanted = {}
-    for key in files.keys():
-        bare = key[len("vision_model."):] if key.startswith("vision_model.") else key
-        if bare.startswith(parts) and not bare.endswith("position_ids"):
-            wanted[key] = "vision_model." + bare
-    state = {wanted[k]: v for k, v in files.load(list(wanted)).items()}
-    missing, unexpected = tower.vision_tower.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise UserError(f"CLIP tower folder {folder}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        if self.vision_encoder is not None:
+            self.vision_encoder.load_tower_weights_from_folders()
 
 
 def missing_images_aux_message(settings: MGMSettings) -> str:
@@ -206,57 +128,22 @@ class MGMMetaForCausalLM:
     def unified_resampler(self, images: torch.Tensor, images_aux: torch.Tensor | MultiScaleMap
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """(LR tokens [N, P², D], HR map [N, C, H, W]) -> (LR tokens unchanged, mined [N, P², D])."""
-        inner = self.get_model()
-        mined = mine_patches(images, images_aux, inner.vlm_uni_query_projector,
-                             inner.vlm_uni_aux_projector, inner.vlm_uni_val_projector)
-        return images, mined
+        return images, self.get_model().vision_encoder.mine(images, images_aux)
 
     def hr_features(self, images_aux: torch.Tensor, like: torch.Tensor) -> MultiScaleMap:
-        """The HR tower's map [N, C, H, W] in `like`'s dtype/device, kept factored (mining then never
-        materialises the upsampled stack, mgm.model.vision.multiscale)."""
-        return self.get_vision_tower_aux().features(images_aux).to(dtype=like.dtype, device=like.device)
+        """The HR tower's map in `like`'s dtype/device (`MGMVisionEncoder.hr_features`)."""
+        return self.get_model().vision_encoder.hr_features(images_aux, like)
 
     def encode_images(self, images: torch.Tensor, images_aux: torch.Tensor | None = None, is_video: bool = False) -> torch.Tensor:
-        """Visual tokens in the LLM's embedding space.
+        """Visual tokens in the LLM's embedding space: the vision encoder's, in the token embeddings' dtype.
 
-        Base (g = 1): images [B, 3, s, s], images_aux [B, 3, S, S] -> [B, P², H].
-        HD (g > 1): images [B, g²(+1), 3, s, s] (global view last), images_aux [B, 3, S, S]
-        -> [B, (1 +) g²·P², H] with the global tokens first.
+        Base (g = 1): images [B, 3, s, s], images_aux [B, 3, S, S] -> [B, P², H]; HD (g > 1): images
+        [B, g²(+1), 3, s, s], images_aux [B, 3, S, S] -> [B, (1 +) g²·P², H] (`MGMVisionEncoder.forward`).
         `images_aux=None` skips mining here, as the original did; `forward`/`generate` refuse that on a
         checkpoint with an HR tower (see `missing_images_aux_message`).
-        Images may come in any floating dtype (the original scripts send fp16 whatever the model's
-        dtype): each tower casts to its own dtype, and the features continue in the dtype of the token
-        embeddings, which is the dtype the result comes back in.
         """
-        s = self.mgm_settings
-        g = s.image_grid
         inner = self.get_model()
-        dtype = inner.embed_tokens.weight.dtype
-        if g > 1:
-            batch = images.shape[0]
-            if s.image_global:
-                views = torch.cat([images[:, :-1].flatten(0, 1), images[:, -1]], dim=0)
-            else:
-                views = images.flatten(0, 1)
-            feats = self.get_vision_tower()(views).to(dtype)
-            crop_feats = feats[: batch * g * g]
-            glob_feats = feats[batch * g * g:]
-            if images_aux is not None:
-                hr = self.hr_features(images_aux, feats)
-                # The crops' windows tile the whole HR map: one mining call over a (g·P)² grid.
-                mined = self.unified_resampler(crops_to_grid(crop_feats, g), hr)[1]
-                crop_feats = crop_feats + grid_to_crops(mined, g)
-                if s.image_global:
-                    hs, ws = hr.shape[-2:]
-                    glob_feats = glob_feats + self.unified_resampler(glob_feats, resize_map(hr, (hs // g, ws // g)))[1]
-            tokens = crop_feats.reshape(batch, -1, crop_feats.shape[-1])
-            if s.image_global:
-                tokens = torch.cat([glob_feats, tokens], dim=1)
-            return inner.mm_projector(tokens)
-        feats = self.get_vision_tower()(images).to(dtype)
-        if images_aux is not None and self.get_vision_tower_aux() is not None:
-            feats = feats + self.unified_resampler(feats, self.hr_features(images_aux, feats))[1]
-        return inner.mm_projector(feats)
+        return inner.vision_encoder(images, images_aux, dtype=inner.embed_tokens.weight.dtype)
 
     # -- splicing (docs/original.md#splicing) ---------------------------------------------------------------------
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,

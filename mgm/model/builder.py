@@ -13,10 +13,12 @@ from pathlib import Path
 
 import torch
 
+from mgm.data.tokenizer_setup import add_image_tokens
 from mgm.errors import UserError
 from mgm.model.families import classes_for_model_type, family_for_llm
 from mgm.model.fast_linear import use_fast_linears
-from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
+from mgm.model.sentencepiece_decode import load_tokenizer
+from mgm.profile import profile_for_model
 from mgm.registration import register_auto_classes
 
 logger = logging.getLogger(__name__)
@@ -93,14 +95,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                           device_map="auto", device="cuda", use_flash_attn=False, **kwargs):
     """Load an MGM checkpoint: returns `(tokenizer, model, image_processor, context_len)`.
 
+    The model carries its `ModelProfile` (`mgm.profile.profile_of(model)`): template, stop strings,
+    end-of-sequence and pad ids, context limit, tokens per image, decoder.
+
     Extra keyword arguments: `dtype` (torch dtype), `vision_tower_path` / `vision_tower_aux_path`
     (tower folder overrides), `fast_linears` (default True: the LLM's plain linears become
     `mgm.model.fast_linear.FastLinear`, which runs the kernel probed fastest for this CPU and dtype; only
     for unquantised models on the CPU; False keeps `nn.Linear`), `quantization` ("int8" / "int4": weight-only
     LLM linears, `mgm.model.quantize`), anything else goes to `from_pretrained`.
     """
-    from transformers import AutoTokenizer
-
     register_auto_classes()
     path = Path(model_path)
     if not path.is_dir():
@@ -145,7 +148,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         model = causal_cls.from_pretrained(str(base), config=config, **overrides, **load_kwargs)
         model.get_model().load_tower_weights_from_folders()
         if is_lora:
-            _merge_lora(model, path)
+            model = _merge_lora(model, path)
         else:
             _load_adapter_file(model, path / "mm_projector.bin")
         tokenizer_dir = path if (path / "tokenizer_config.json").is_file() else base
@@ -157,8 +160,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
                             f"a projector-only folder needs --model-base")
         model = causal_cls.from_pretrained(str(path), **overrides, **load_kwargs)
         tokenizer_dir = path
-    tokenizer = use_sentencepiece_decoding(AutoTokenizer.from_pretrained(str(tokenizer_dir)), tokenizer_dir,
-                                           family_for_llm(model_type).key)
+    tokenizer = load_tokenizer(tokenizer_dir, family_for_llm(model_type).key)
 
     _add_image_tokens(model, tokenizer)
     if "device_map" not in load_kwargs:
@@ -178,6 +180,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
 
     image_processor = build_image_processor(model)
     context_len = getattr(model.config, "max_sequence_length", None) or 2048
+    # every fact a front end needs, decided here once (mgm.profile; read with `profile_of(model)`)
+    model.mgm_profile = profile_for_model(model, tokenizer, image_processor)
     return tokenizer, model, image_processor, context_len
 
 
@@ -199,20 +203,6 @@ def image_processor_for_tower(folder, image_size: int):
         processor = ImageProcessor.for_image_size(image_size)
     processor.image_size_raw = dict(processor.crop_size)
     return processor
-
-
-def add_image_tokens(tokenizer, config) -> None:
-    """Add the tokens an MGM config asks for (`<im_patch>`, `<im_start>`/`<im_end>`) to `tokenizer`; idempotent."""
-    from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
-    from mgm.model.settings import MGMSettings
-
-    s = MGMSettings.from_config(config)
-    if not s.vision_tower:
-        return
-    if s.mm_use_im_patch_token:
-        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
-    if s.mm_use_im_start_end:
-        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
 
 
 def _add_image_tokens(model, tokenizer) -> None:
@@ -247,8 +237,8 @@ def _load_adapter_file(model, file: Path) -> None:
     model.load_state_dict(usable, strict=False)
 
 
-def _merge_lora(model, folder: Path) -> None:
-    """Load non-LoRA trainables, apply the PEFT adapter and merge it into the weights."""
+def _merge_lora(model, folder: Path):
+    """Load non-LoRA trainables, apply the PEFT adapter and merge it into the weights; returns the merged model."""
     non_lora = folder / "non_lora_trainables.bin"
     if non_lora.is_file():
         state = torch.load(str(non_lora), map_location="cpu", weights_only=True)
@@ -257,6 +247,4 @@ def _merge_lora(model, folder: Path) -> None:
         model.load_state_dict(state, strict=False)
     from peft import PeftModel
 
-    merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    if merged is not model:
-        model.__dict__.update(merged.__dict__)
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

@@ -193,9 +193,8 @@ def export_self_contained(src: str | Path, out: str | Path, force: bool = False)
 
 def _write_processor(folder: Path) -> str:
     """Save the processor files of `folder` into it (tokenizer files stay the source's bytes)."""
-    from mgm.conversation import template_for_model_config
     from mgm.processing import MGMProcessor
-    from mgm.processing.processor import read_model_config, drop_class_names
+    from mgm.processing.processor import drop_class_names
 
     processor = MGMProcessor.from_checkpoint(folder)
     with tempfile.TemporaryDirectory() as scratch:
@@ -205,7 +204,7 @@ def _write_processor(folder: Path) -> str:
         for name in PROCESSOR_DIRS:
             shutil.copytree(Path(scratch) / name, folder / name)
     drop_class_names(folder)
-    return template_for_model_config(read_model_config(folder), processor.tokenizer)
+    return processor.profile.template
 
 
 def export_original(src: str | Path, out: str | Path, force: bool = False, towers_to: str | Path | None = None) -> Path:

@@ -4,13 +4,14 @@ transformers' `DynamicLayer.update` concatenates, so every decoding step copies 
 and values ([B, heads, L, head_dim], 2.5 MB per layer and tensor at 600 tokens of a 1024-wide model).
 `GrowingLayer` keeps them in a buffer with spare room along the sequence axis (doubling when full)
 and returns views of the filled part; assigning `keys` / `values` (as ContinuousBatch does when rows
-join or leave) replaces the buffer. `growing_cache()` is a DynamicCache made of such layers.
+join or leave) replaces the buffer. `GrowingCache` is a DynamicCache made of such layers, built through
+`Cache`'s own constructor (`layer_class_to_replicate`), not altered after construction.
 """
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer
 
 MIN_ROOM = 256  # spare sequence positions allocated with each (re)allocation
 
@@ -58,8 +59,14 @@ class GrowingLayer(DynamicLayer):
         return self._buffers["keys"][1] if self.is_initialized else 0
 
 
-def growing_cache() -> DynamicCache:
+class GrowingCache(DynamicCache):
     """An empty DynamicCache whose layers are GrowingLayer (created lazily, one per decoder layer)."""
-    cache = DynamicCache()
-    cache.layer_class_to_replicate = GrowingLayer
-    return cache
+
+    def __init__(self) -> None:
+        # Cache's constructor, as DynamicCache's own does without a config, with our layer class
+        Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+
+def growing_cache() -> GrowingCache:
+    """A fresh `GrowingCache`."""
+    return GrowingCache()

@@ -33,3 +33,22 @@ def build_vision_projector(settings: MGMSettings, mm_hidden_size: int, hidden_si
     for _ in range(depth - 1):
         layers += [nn.GELU(), nn.Linear(hidden_size, hidden_size)]
     return nn.Sequential(*layers)
+
+
+def projector_from_config(config, delay_load: bool = False, **kwargs) -> nn.Module:
+    """[*, mm_hidden_size] -> [*, hidden_size] projector of `config.mm_projector_type` (default linear); the
+    original `build_vision_projector(config)` signature."""
+    return build_vision_projector(MGMSettings.from_config(config), config.mm_hidden_size, config.hidden_size)
+
+
+class SimpleResBlock(nn.Module):
+    """x + MLP(LayerNorm(x)) with a GELU MLP of width `channels` (defined, unused, in the original)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pre_norm = nn.LayerNorm(channels)
+        self.proj = nn.Sequential(nn.Linear(channels, channels), nn.GELU(), nn.Linear(channels, channels))
+
+    def forward(self, x):
+        x = self.pre_norm(x)
+        return x + self.proj(x)

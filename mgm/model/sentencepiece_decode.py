@@ -5,13 +5,21 @@ The original builder loaded Llama-family and Mistral tokenizers with `use_fast=F
 with the tokenizers-backed tokenizer loaded today, but the text differs where an answer holds byte
 pieces that are not valid UTF-8: sentencepiece replaces each invalid byte by U+FFFD and keeps the valid
 ones (`<0xEB><0x14><0xE3>` -> "\\ufffd\\x14\\ufffd"), the `ByteFallback` decoder replaces the whole run
-("\\ufffd\\ufffd\\ufffd"). `use_sentencepiece_decoding` gives a loaded tokenizer the original's `_decode`
-(every `decode` / `batch_decode` / streamer goes through it); encoding is untouched.
+("\\ufffd\\ufffd\\ufffd").
+
+`SentencePieceDecodingTokenizer` is that behaviour as a named class: transformers' `LlamaTokenizer` for
+encoding, the original's decoding for every `decode` / `batch_decode` / streamer. It saves its
+sentencepiece model and `legacy` flag beside tokenizer.json, and `AutoTokenizer` (after
+`mgm.register()`) loads a saved one back as this class. `load_tokenizer(folder, family)` is how mgm's
+loaders get a checkpoint's tokenizer: this class for the families in `SLOW_TOKENIZER_FAMILIES` whose
+folder has `tokenizer.model`, else what `AutoTokenizer` gives.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from transformers import LlamaTokenizer
 
 SPIECE_UNDERLINE = "\u2581"
 SP_MODEL_FILE = "tokenizer.model"
@@ -21,7 +29,7 @@ SLOW_TOKENIZER_FAMILIES = ("llama", "mistral")
 
 
 class SentencePieceDecode:
-    """Callable installed as `tokenizer._decode`: transformers 4.36 `PreTrainedTokenizer._decode` +
+    """`SentencePieceDecodingTokenizer._decode`: transformers 4.36 `PreTrainedTokenizer._decode` +
     `LlamaTokenizer.convert_tokens_to_string` over the folder's sentencepiece model."""
 
     def __init__(self, tokenizer, model_proto: bytes, legacy: bool) -> None:
@@ -101,16 +109,68 @@ class SentencePieceDecode:
         return tok.clean_up_tokenization(text) if clean else text
 
 
-def use_sentencepiece_decoding(tokenizer, folder: str | Path, family_key: str):
-    """Give `tokenizer` the original's slow decoding when its family and folder call for it; returns it.
+def _legacy_of(folder: Path) -> bool:
+    """`legacy` as the folder's tokenizer_config.json states it; unset meant True to the original (4.36)."""
+    config_file = folder / "tokenizer_config.json"
+    data = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    if LEGACY_KEY in data:
+        return bool(data[LEGACY_KEY])
+    legacy = data.get("legacy")
+    return legacy is None or bool(legacy)
 
-    Applies to the families in `SLOW_TOKENIZER_FAMILIES` whose tokenizer folder has `tokenizer.model`.
-    """
-    model_file = Path(folder) / SP_MODEL_FILE
-    if family_key not in SLOW_TOKENIZER_FAMILIES or not model_file.is_file():
-        return tokenizer
-    # `legacy` as the folder states it; unset meant True to the original (transformers 4.36).
-    config_file = Path(folder) / "tokenizer_config.json"
-    legacy = json.loads(config_file.read_text()).get("legacy") if config_file.is_file() else None
-    tokenizer._decode = SentencePieceDecode(tokenizer, model_file.read_bytes(), legacy is None or bool(legacy))
-    return tokenizer
+
+# The tokenizer_config.json key this class saves the original's `legacy` under (transformers' own
+# `legacy` key means something else to today's LlamaTokenizer and is rewritten on save).
+LEGACY_KEY = "sentencepiece_legacy"
+
+
+class SentencePieceDecodingTokenizer(LlamaTokenizer):
+    """LlamaTokenizer encoding + the original slow tokenizer's sentencepiece decoding (module docstring)."""
+
+    vocab_files_names = {**LlamaTokenizer.vocab_files_names, "vocab_file": SP_MODEL_FILE}
+    # each invalid byte piece becomes U+FFFD on its own (streaming need not wait for a byte run's end)
+    decodes_bytes_alone = True
+
+    def __init__(self, *args, vocab_file: str | None = None, **kwargs) -> None:
+        legacy = kwargs.pop(LEGACY_KEY, None)
+        super().__init__(*args, **kwargs)
+        if vocab_file is None or not Path(vocab_file).is_file():
+            raise ValueError(f"{type(self).__name__} needs the folder's {SP_MODEL_FILE} (sentencepiece model)")
+        self.vocab_file = vocab_file
+        if legacy is None:
+            legacy = _legacy_of(Path(vocab_file).parent)
+        self.init_kwargs[LEGACY_KEY] = bool(legacy)
+        self.sentencepiece_decode = SentencePieceDecode(self, Path(vocab_file).read_bytes(), bool(legacy))
+
+    def _decode(self, token_ids, skip_special_tokens: bool = False, clean_up_tokenization_spaces=None,
+                **kwargs) -> str:
+        return self.sentencepiece_decode(token_ids, skip_special_tokens=skip_special_tokens,
+                                         clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        target = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + SP_MODEL_FILE)
+        target.write_bytes(self.sentencepiece_decode.model_proto)
+        return (str(target),)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        files = tuple(super().save_pretrained(save_directory, *args, **kwargs))
+        # the sentencepiece model is what decoding runs on: it travels with the tokenizer
+        if not (Path(save_directory) / SP_MODEL_FILE).is_file():
+            files += self.save_vocabulary(str(save_directory))
+        return files
+
+
+
+def uses_sentencepiece_decoding(folder: str | Path, family_key: str) -> bool:
+    """True when the original decoded this family's tokenizer slowly and the folder has its sentencepiece model."""
+    return family_key in SLOW_TOKENIZER_FAMILIES and (Path(folder) / SP_MODEL_FILE).is_file()
+
+
+def load_tokenizer(folder: str | Path, family_key: str, **kwargs):
+    """The tokenizer of a checkpoint folder as mgm decodes it: `SentencePieceDecodingTokenizer` where the
+    original decoded with sentencepiece (`uses_sentencepiece_decoding`), else `AutoTokenizer`'s."""
+    if uses_sentencepiece_decoding(folder, family_key):
+        return SentencePieceDecodingTokenizer.from_pretrained(str(folder), **kwargs)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), **kwargs)

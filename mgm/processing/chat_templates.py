@@ -11,7 +11,8 @@ How messages map onto a conversation (the rules of the OpenAI route, `mgm.serve.
   the text, then a blank line, in front of the first user message;
 - the other messages must alternate user / assistant, starting with the user;
 - content may be a string or a list of parts: text parts are joined by newlines, and when the text
-  has no `<image>` tag, one `<image>\\n` per image part goes in front of it;
+  has no `<image>` tag, one `<image>\\n` per image part goes in front of it; with two or more tags in
+  the whole conversation the k-th becomes `Image k:<image>` (the profile's multi-image form);
 - `add_generation_prompt` appends the open assistant turn (the role header the model continues from).
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ _PRELUDE = r"""
     {%- endfor -%}
     {%- set text = parts.texts | join('\n') -%}{%- set n_images = parts.images -%}
   {%- endif -%}
-  {%- if n_images > 0 and '<image>' not in text -%}{%- set text = '<image>\n' * n_images + text -%}{%- endif -%}
+  {%- if n_images > 0 and '<image>' not in text -%}{%- set text = {image_prefix} * n_images + text -%}{%- endif -%}
   {%- if message['role'] in ['system', 'developer'] -%}
     {%- set ns.system = text if ns.system is none else ns.system + '\n' + text -%}
   {%- else -%}
@@ -69,6 +70,24 @@ _PRELUDE = r"""
 {%- set system = {system} -%}
 {%- if ns.system is not none -%}
 {system_rule}
+{%- endif -%}
+{%- set count = namespace(tags=0) -%}
+{%- for pair in ns.pairs -%}{%- if pair[1] -%}{%- set count.tags = count.tags + (pair[1].split('<image>') | length) - 1 -%}{%- endif -%}{%- endfor -%}
+{%- if count.tags > 1 -%}
+  {#- several images: the k-th <image> becomes "Image k:<image>" (mgm.profile.number_images) -#}
+  {%- set numbered = namespace(pairs=[], k=0) -%}
+  {%- for pair in ns.pairs -%}
+    {%- if pair[1] and '<image>' in pair[1] -%}
+      {%- set chunks = pair[1].split('<image>') -%}
+      {%- set out = namespace(text=chunks[0]) -%}
+      {%- for chunk in chunks[1:] -%}
+        {%- set numbered.k = numbered.k + 1 -%}
+        {%- set out.text = out.text + 'Image ' + (numbered.k | string) + ':<image>' + chunk -%}
+      {%- endfor -%}
+      {%- set numbered.pairs = numbered.pairs + [[pair[0], out.text]] -%}
+    {%- else -%}{%- set numbered.pairs = numbered.pairs + [pair] -%}{%- endif -%}
+  {%- endfor -%}
+  {%- set ns.pairs = numbered.pairs -%}
 {%- endif -%}
 {%- if add_generation_prompt -%}{%- set ns.pairs = ns.pairs + [[{assistant}, none]] -%}{%- endif -%}
 """
@@ -140,8 +159,9 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
-def chat_template_for(conv: Conversation, name: str = "") -> str:
-    """The Jinja chat template rendering HF messages as `conv.get_prompt()` does."""
+def chat_template_for(conv: Conversation, name: str = "", image_prefix: str = "<image>\n") -> str:
+    """The Jinja chat template rendering HF messages as `conv.get_prompt()` does; `image_prefix` goes before
+    the text once per image part (the model profile's, with start/end tags for models that use them)."""
     seeds = [[role, message] for role, message in conv.messages]
     if any(not isinstance(message, str) for _, message in seeds):
         raise ValueError(f"template {name!r}: only text seed messages can be written into a chat template")
@@ -154,20 +174,21 @@ def chat_template_for(conv: Conversation, name: str = "") -> str:
     sep2 = conv.sep2 if conv.sep2 is not None or conv.sep_style != SeparatorStyle.PLAIN else conv.sep
     prelude = _fill(_PRELUDE, {"name": name or conv.version, "seeds": _lit(seeds), "user": _lit(conv.roles[0]),
                                "assistant": _lit(conv.roles[1]), "system": _lit(conv.system),
-                               "system_rule": system_rule})
+                               "system_rule": system_rule, "image_prefix": _lit(image_prefix)})
     body = _fill(_BODIES[conv.sep_style], {"sep": _lit(conv.sep), "sep2": _lit(sep2), "user": _lit(conv.roles[0])})
     return (prelude.strip("\n") + "\n" + body.strip("\n") + "\n")
 
 
-def all_chat_templates(default: str | None = None) -> dict[str, str]:
+def all_chat_templates(default: str | None = None, image_prefix: str = "<image>\n") -> dict[str, str]:
     """Every conversation template as {name: jinja}; with `default`, also {"default": that template}.
 
     MGM's own `default` alias (the v0 template) is left out of the mapping (HF reserves the name for
     the processor's main template); it is the same template as `v0`.
     """
-    out = {name: chat_template_for(conv, name) for name, conv in conv_templates.items() if name != HF_DEFAULT}
+    out = {name: chat_template_for(conv, name, image_prefix)
+           for name, conv in conv_templates.items() if name != HF_DEFAULT}
     if default is not None:
         if default not in conv_templates:
             raise KeyError(f"unknown conversation template {default!r}; valid: {', '.join(sorted(conv_templates))}")
-        out[HF_DEFAULT] = chat_template_for(conv_templates[default], default)
+        out[HF_DEFAULT] = chat_template_for(conv_templates[default], default, image_prefix)
     return out

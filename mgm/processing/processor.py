@@ -18,13 +18,13 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from mgm.errors import UserError
-from mgm.mm_utils import tokenizer_image_token
+from mgm.data.prompt_ids import tokenizer_image_token
+from mgm.profile import pad_id_for
 from mgm.processing.chat_templates import all_chat_templates
 from mgm.processing.image_processor import MGMImageProcessor, as_pil
 
@@ -76,9 +76,21 @@ class MGMProcessor(ProcessorMixin):
             processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         config = read_model_config(folder) if folder.is_dir() else None
         if config is not None:
-            from mgm.model.builder import add_image_tokens  # late: mgm.model registers this module's classes
+            from mgm.data.tokenizer_setup import add_image_tokens
+            from mgm.profile import profile_for_checkpoint
 
+            from mgm.model.families import family_for_llm
+            from mgm.model.sentencepiece_decode import SentencePieceDecodingTokenizer, uses_sentencepiece_decoding
+
+            if (uses_sentencepiece_decoding(folder, family_for_llm(config.model_type).key)
+                    and not isinstance(processor.tokenizer, SentencePieceDecodingTokenizer)):
+                # a folder naming transformers' LlamaTokenizer: decode as mgm's loader does (one decoder)
+                processor.tokenizer = SentencePieceDecodingTokenizer.from_pretrained(
+                    str(folder), chat_template=processor.tokenizer.chat_template)
             add_image_tokens(processor.tokenizer, config)
+            if getattr(processor, "profile", None) is None:
+                processor.profile = profile_for_checkpoint(folder, config, processor.tokenizer,
+                                                           processor.image_processor)
         if processor.tokenizer.chat_template != processor.chat_template:
             processor.tokenizer.chat_template = processor.chat_template  # one template set for both
         return processor
@@ -86,18 +98,24 @@ class MGMProcessor(ProcessorMixin):
     @classmethod
     def from_checkpoint(cls, folder: str | Path, **kwargs) -> "MGMProcessor":
         """Build the processor of a checkpoint folder in mgm's layout (no processor files needed)."""
-        from mgm.conversation import template_for_model_config
+        from mgm.profile import profile_for_checkpoint
 
         folder = Path(folder)
         config = read_model_config(folder)
         if config is None:
             raise UserError(f"{folder} has no MGM config.json: cannot build an MGM processor for it")
-        tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("use_fast", "padding_side", "revision")}
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **tokenizer_kwargs)
+        from mgm.model.families import family_for_llm
+        from mgm.model.sentencepiece_decode import load_tokenizer
+
+        tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("padding_side", "revision")}
+        tokenizer = load_tokenizer(folder, family_for_llm(config.model_type).key, **tokenizer_kwargs)
         image_processor = MGMImageProcessor.from_model_config(config, folder)
-        templates = all_chat_templates(template_for_model_config(config, tokenizer))
+        profile = profile_for_checkpoint(folder, config, tokenizer, image_processor)
+        templates = all_chat_templates(profile.template, profile.image_prefix)
         tokenizer.chat_template = dict(templates)  # tokenizer.apply_chat_template renders the same way
-        return cls(image_processor, tokenizer, chat_template=templates)
+        processor = cls(image_processor, tokenizer, chat_template=templates)
+        processor.profile = profile
+        return processor
 
     # -- encoding -----------------------------------------------------------------------------------
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
@@ -162,7 +180,8 @@ class MGMProcessor(ProcessorMixin):
 
     def _pad(self, rows: list[list[int]], side: str, as_tensors: bool) -> dict:
         tok = self.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        profile = getattr(self, "profile", None)
+        pad_id = profile.pad_id if profile is not None else pad_id_for(tok, [i for i in [tok.eos_token_id] if i is not None])
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -181,7 +200,7 @@ class MGMProcessor(ProcessorMixin):
     def decode(self, token_ids, **kwargs) -> str:
         """Decode one row of ids; image placeholders (negative ids) are dropped."""
         ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
-        return self.tokenizer.decode([i for i in ids if i >= 0], **kwargs)
+        return self.tokenizer.decode([i for i in ids if i >= 0], **kwargs)  # the profile's decoder: same tokenizer
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         """Text of generated ids: a list for a batch [B, T], a string for one row [T]."""

@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mgm.conversation import conv_templates, template_for_model_config
     from mgm.data.image import open_image
-    from mgm.mm_utils import get_model_name_from_path
+    from mgm.model_name import get_model_name_from_path
+    from mgm.inference.engine import InferenceEngine
+    from mgm.inference.requests import GenerationParams, Request
     from mgm.model.builder import load_pretrained_model
-    from mgm.serve.engine import GenerationParams, InferenceEngine, Request
+    from mgm.profile import profile_of
 
     images = []
     if args.image_file:
@@ -125,18 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     if images and model.get_vision_tower() is None:
         raise UserError(f"{args.model_path} has no vision tower; run without --image-file")
 
-    auto_mode = template_for_model_config(model.config, tokenizer)
-    conv_mode = args.conv_mode or auto_mode
-    if conv_mode not in conv_templates:
-        raise UserError(f"--conv-mode {conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
-    if args.conv_mode and args.conv_mode != auto_mode:
-        print(f"[WARNING] the auto inferred conversation mode is {auto_mode}, while `--conv-mode` is "
-              f"{args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
-    conv = conv_templates[conv_mode].copy()
-    stop = conv.stop_strings()
-    engine = InferenceEngine(tokenizer, model, processor, context_len, extra_eos_tokens=stop)
+    profile = profile_of(model).with_template(args.conv_mode)  # an unknown name: UserError listing the valid ones
+    if args.conv_mode and args.conv_mode != profile.inferred_template:
+        print(f"[WARNING] the auto inferred conversation mode is {profile.inferred_template}, while `--conv-mode` "
+              f"is {args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
+    conv = profile.conversation()
+    engine = InferenceEngine(tokenizer, model, processor, context_len, profile=profile)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, stop=[s for s in stop if s])
+                              max_new_tokens=args.max_new_tokens, stop=list(profile.stop_strings))
 
     interactive = sys.stdin.isatty()
     user_role, assistant_role = conv.roles
@@ -160,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if pipe is not None:
             text += " <GEN>"
         if first and images:
-            text = "<image>\n" * len(images) + text
-            if len(images) >= 2:
-                parts = text.split("<image>")
-                text = parts[0] + "".join(f"Image {k}:<image>{rest}" for k, rest in enumerate(parts[1:], 1))
+            text = profile.place_images(text, len(images))
         turn_was_first, first = first, False
         conv.append_message(conv.roles[0], text)
         conv.append_message(conv.roles[1], None)

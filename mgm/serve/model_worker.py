@@ -11,7 +11,7 @@ Speaks the original protocol (docs/original.md#serving): `POST /worker_generate_
 Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (mgm.serve.openai_api),
 `GET /health`, optional API key, body/image size limits, and these changes from the original:
 
-- concurrent requests are batched (mgm.serve.batcher; continuous batching: a request joins the
+- concurrent requests are batched (mgm.inference.batcher; continuous batching: a request joins the
   running batch at the next token) instead of generated one after another;
   `--limit-model-concurrency` bounds how many are in flight (and the batch size);
 - OCR text and the `<GEN>` tag go at the end of the last user turn for every template (the original
@@ -55,9 +55,11 @@ from PIL import Image
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.conversation import conv_templates
 from mgm.errors import UserError, exit_on_user_error
-from mgm.serve.batcher import DynamicBatcher, Ticket
-from mgm.serve.engine import GenerationParams, InferenceEngine, context_limit, request_token_count
-from mgm.serve.engine import Request as EngineRequest
+from mgm.inference.batcher import DynamicBatcher
+from mgm.inference.engine import InferenceEngine, context_limit, request_token_count
+from mgm.inference.requests import GenerationParams
+from mgm.inference.requests import Request as EngineRequest
+from mgm.inference.tickets import Ticket
 from mgm.serve.limits import (
     PendingImage,
     check_image_count,
@@ -190,7 +192,7 @@ class ModelWorker:
         self.limits = settings.limits
         self.batcher = DynamicBatcher(engine, max_batch_size=settings.batch_size, batch_window=settings.batch_window,
                                       logger=self.logger, continuous=settings.batching == "continuous")
-        for stop in conv_templates[conv_mode].stop_strings():
+        for stop in engine.profile.with_template(conv_mode).stop_strings:
             engine.add_eos_token(stop)  # e.g. <|eot_id|> for llama_3, <|im_end|> for ChatML
         self.chunk_interval = settings.chunk_interval
         self.max_prompt_chars = prompt_char_limit(engine)
@@ -205,9 +207,9 @@ class ModelWorker:
     def load(cls, settings: WorkerSettings, logger: logging.Logger | None = None,
              worker_id: str | None = None) -> ModelWorker:
         """Load the model (and OCR / the image pipeline when enabled) as `settings` say."""
-        from mgm.conversation import template_for_model_config
-        from mgm.mm_utils import get_model_name_from_path
+        from mgm.model_name import get_model_name_from_path
         from mgm.model.builder import load_pretrained_model
+        from mgm.profile import profile_of
 
         logger = logger or logging.getLogger(LOGGER_NAME)
         if not settings.model_path:
@@ -217,8 +219,9 @@ class ModelWorker:
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             settings.model_path, settings.model_base, model_name, settings.load_8bit, settings.load_4bit,
             device=settings.device, use_flash_attn=settings.use_flash_attn)
-        conv_mode = settings.conv_mode or template_for_model_config(model.config, tokenizer)
-        engine = InferenceEngine(tokenizer, model, image_processor, context_len)
+        profile = profile_of(model).with_template(settings.conv_mode)
+        engine = InferenceEngine(tokenizer, model, image_processor, context_len, profile=profile)
+        conv_mode = profile.template
         ocr = pipe = None
         if settings.ocr:
             from mgm.serve.ocr import build_ocr

@@ -29,14 +29,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.conversation import Conversation, SeparatorStyle, get_template
 from mgm.errors import UserError
-from mgm.serve.batcher import Ticket
-from mgm.serve.engine import (
-    GenerationParams,
-    InferenceEngine,
-    context_limit,
-    request_token_count,
-)
-from mgm.serve.engine import Request as EngineRequest
+from mgm.profile import number_images
+from mgm.inference.tickets import Ticket
+from mgm.inference.engine import InferenceEngine, context_limit, request_token_count
+from mgm.inference.requests import GenerationParams
+from mgm.inference.requests import Request as EngineRequest
 from mgm.serve.openai_protocol import (
     SSE_DONE,
     AssistantMessage,
@@ -109,12 +106,6 @@ def apply_system(conv: Conversation, text: str) -> str | None:
     return None
 
 
-def _number_images(prompt_text: str) -> str:
-    """Several images: the k-th `<image>` becomes `Image k:<image>` (as the CLI numbers them)."""
-    parts = prompt_text.split(DEFAULT_IMAGE_TOKEN)
-    return parts[0] + "".join(f"Image {k}:{DEFAULT_IMAGE_TOKEN}{rest}" for k, rest in enumerate(parts[1:], 1))
-
-
 def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: Callable[[str, str], Any],
                        ) -> tuple[str, list[Any]]:
     """Render OpenAI messages with the template `conv_mode`; returns (prompt, images in `<image>` order).
@@ -161,10 +152,8 @@ def messages_to_prompt(messages: list[ChatMessage], conv_mode: str, load_image: 
     for role, text, _ in turns:
         conv.append_message(conv.roles[0] if role == "user" else conv.roles[1], text)
     conv.append_message(conv.roles[1], None)
-    prompt = conv.get_prompt()
-    if len(all_images) >= 2:
-        prompt = _number_images(prompt)
-    return prompt, all_images
+    # several images: the k-th `<image>` becomes `Image k:<image>` (the profile's multi-image form)
+    return number_images(conv.get_prompt()), all_images
 
 
 # --- routes ------------------------------------------------------------------------------------------

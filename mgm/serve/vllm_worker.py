@@ -50,9 +50,8 @@ class VLLMWorker(ModelWorker):
     @classmethod
     def load_vllm(cls, settings: WorkerSettings, engine_args: dict[str, Any], logger: logging.Logger | None = None,
                   worker_id: str | None = None) -> VLLMWorker:
-        from mgm.conversation import template_for_model_config
         from mgm.integrations.vllm.engine import VLLMEngine
-        from mgm.mm_utils import get_model_name_from_path
+        from mgm.model_name import get_model_name_from_path
 
         logger = logger or logging.getLogger(LOGGER_NAME)
         if not settings.model_path:
@@ -62,8 +61,8 @@ class VLLMWorker(ModelWorker):
                             "first (python scripts/merge_lora_weights.py), then serve that")
         model_name = settings.model_name or get_model_name_from_path(settings.model_path)
         logger.info("Loading %s in vLLM (%s) on worker %s ...", model_name, engine_args, worker_id)
-        engine = VLLMEngine(settings.model_path, **engine_args)
-        conv_mode = settings.conv_mode or template_for_model_config(engine.llm.model_config.hf_config, engine.tokenizer)
+        engine = VLLMEngine(settings.model_path, template=settings.conv_mode, **engine_args)
+        conv_mode = engine.profile.template
         ocr = pipe = None
         if settings.ocr:
             from mgm.serve.ocr import build_ocr

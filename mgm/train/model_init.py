@@ -26,13 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from mgm.errors import UserError
 from mgm.train.checkpoint import gathered, load_pretrain_adapter, unwrap, zero3_enabled
 
 logger = logging.getLogger(__name__)
 
-MINING_NAMES = ("vlm_uni_query_projector", "vlm_uni_aux_projector", "vlm_uni_val_projector")
 MULTIMODAL_WORDS = ("mm_projector", "vision_tower", "vision_resampler", "vlm_uni")
 # Modules bitsandbytes must leave alone: transformers 5 matches these names from the start of the module path
 # (or as a suffix), so the multimodal modules are named with their `model.` prefix.
@@ -184,6 +182,8 @@ def load_mgm_model(path: str, config, causal_cls, family, load_kwargs: dict) -> 
 
 def reinit_multimodal_modules(model: nn.Module) -> None:
     """PyTorch default initialisation of projector and mining modules (the original made them fresh)."""
+    from mgm.model.vision_encoder import MINING_NAMES
+
     inner = unwrap(model).get_model()
     modules = [inner.mm_projector] + [getattr(inner, n) for n in MINING_NAMES if getattr(inner, n, None) is not None]
     params = [p for m in modules for p in m.parameters()]
@@ -216,12 +216,14 @@ def grow_embeddings(model: nn.Module, tokenizer, mean_init: bool) -> int:
 
 def add_image_tokens(model: nn.Module, tokenizer, model_args) -> int:
     """`<im_patch>` and `<im_start>`/`<im_end>` tokens (docs/original.md#init-helpers initialize_vision_tokenizer)."""
+    from mgm.data.tokenizer_setup import image_token_groups
+
     added = 0
-    if model_args.mm_use_im_patch_token:
-        tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+    for group in image_token_groups(model_args.mm_use_im_patch_token, False):  # zero-initialised rows
+        tokenizer.add_tokens(list(group), special_tokens=True)
         added += grow_embeddings(model, tokenizer, mean_init=False)
-    if model_args.mm_use_im_start_end:
-        tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+    for group in image_token_groups(False, model_args.mm_use_im_start_end):  # mean-initialised rows
+        tokenizer.add_tokens(list(group), special_tokens=True)
         new = grow_embeddings(model, tokenizer, mean_init=True)
         added += new
         if model_args.pretrain_mm_mlp_adapter and new:
@@ -273,6 +275,8 @@ def apply_lora(model: nn.Module, training_args) -> nn.Module:
 
 def set_trainable(model: nn.Module, model_args, training_args, *, lora: bool) -> None:
     """The requires_grad set of every parameter for this stage (see module docstring)."""
+    from mgm.model.vision_encoder import MINING_NAMES
+
     base = unwrap(model)
     stage1 = bool(model_args.tune_mm_mlp_adapter)
     if not lora:
@@ -329,6 +333,8 @@ def register_zero3_external_parameters(model: nn.Module) -> None:
     forward that uses them: CLIP's class/position embeddings (read in the tower's forward), the key/value
     parameters of the mining modules and the token embedding (read by the causal LM's forward). DeepSpeed
     would discover them at the first read, but only on the ranks that read them (see below)."""
+    from mgm.model.vision_encoder import MINING_NAMES
+
     import deepspeed
 
     base = unwrap(model)

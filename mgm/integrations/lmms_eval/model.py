@@ -45,7 +45,7 @@ def _flag(value: Any) -> bool:
 
 def generation_params(gen_kwargs: dict | None) -> Any:
     """lmms-eval's `generation_kwargs` → mgm GenerationParams (unknown keys are ignored)."""
-    from mgm.serve.engine import GenerationParams
+    from mgm.inference.requests import GenerationParams
 
     kwargs = dict(gen_kwargs or {})
     until = kwargs.get("until") or []

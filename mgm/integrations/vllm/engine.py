@@ -45,13 +45,12 @@ class _ModelView:
 class VLLMEngine:
     """vLLM's AsyncLLM over one MGM checkpoint, with mgm's tokenisation and stop tokens."""
 
-    def __init__(self, model_path: str, **engine_args: Any) -> None:
-        from transformers import AutoTokenizer
+    def __init__(self, model_path: str, template: str | None = None, **engine_args: Any) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from mgm.integrations.vllm.config import image_placeholder_id, local_checkpoint_dir
-        from mgm.integrations.vllm.vision import clip_tower_config, tokens_per_image
+        from mgm.profile import profile_for_checkpoint
         from mgm.model.settings import MGMSettings
 
         self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model_path, **engine_args))
@@ -59,24 +58,22 @@ class VLLMEngine:
         self.context_len = int(self.llm.model_config.max_model_len)
         # the tokenizer as `load_pretrained_model` sets it up (the original's sentencepiece decoding,
         # <im_patch> & co.), so answers decode to mgm's text
-        from mgm.model.builder import add_image_tokens
+        from mgm.data.tokenizer_setup import add_image_tokens
         from mgm.model.families import family_of
-        from mgm.model.sentencepiece_decode import use_sentencepiece_decoding
+        from mgm.model.sentencepiece_decode import load_tokenizer
 
         folder = local_checkpoint_dir(model_path)
-        self.tokenizer = use_sentencepiece_decoding(AutoTokenizer.from_pretrained(folder), folder,
-                                                    family_of(config.model_type).key)
+        self.tokenizer = load_tokenizer(folder, family_of(config.model_type).key)
         settings = MGMSettings.from_config(config)
         self.has_vision = bool(settings.vision_tower)
         if self.has_vision:
             add_image_tokens(self.tokenizer, config)
         self.model = _ModelView(self.context_len, self.has_vision)
-        self._tokens_per_image = (tokens_per_image(settings, clip_tower_config(settings, config.name_or_path)[1])
-                                  if self.has_vision else 0)
+        # the same profile `load_pretrained_model` resolves, with vLLM's maximum length as the context
+        self.profile = profile_for_checkpoint(folder, config, self.tokenizer, template=template,
+                                              context_limit=self.context_len)
         self.placeholder_id = image_placeholder_id(config, self.tokenizer)
-        eos = self.tokenizer.eos_token_id
-        # vLLM adds generation_config.json's eos ids itself; these are the tokenizer's and the template's
-        self.eos_ids: list[int] = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+        self.eos_ids: list[int] = list(self.profile.eos_ids)
 
     # -- the InferenceEngine surface the worker and its budget helpers use --------------------------
     # mgm's own code, over this engine's tokenizer / eos ids / `model.get_vision_tower()`
@@ -84,7 +81,7 @@ class VLLMEngine:
     encode_prompt = InferenceEngine.encode_prompt
 
     def num_image_tokens(self) -> int:
-        return self._tokens_per_image
+        return self.profile.tokens_per_image
 
     def sampling_params(self, params: GenerationParams):
         from vllm import SamplingParams

@@ -29,7 +29,8 @@ from vllm.multimodal.processing import (
 from mgm.constants import DEFAULT_IMAGE_TOKEN
 from mgm.errors import UserError
 from mgm.integrations.vllm.config import image_placeholder_id, local_checkpoint_dir
-from mgm.integrations.vllm.vision import clip_tower_config, tokens_per_image
+from mgm.integrations.vllm.vision import clip_tower_config
+from mgm.profile import tokens_per_image
 from mgm.model.settings import MGMSettings
 
 IMAGE_FIELDS = ("images", "images_aux")
@@ -71,7 +72,7 @@ class MGMProcessingInfo(BaseProcessingInfo):
         return {"image": None}
 
     def tokens_per_image(self) -> int:
-        return tokens_per_image(self.mgm_settings, self._clip[1])
+        return tokens_per_image(self.get_hf_config(), self._clip[1])
 
     def image_side(self) -> int:
         """Side of the square the preprocessing resizes to (HR when there is an HR tower)."""
@@ -84,7 +85,7 @@ class MGMProcessingInfo(BaseProcessingInfo):
 
     def mgm_prompt_ids(self, prompt: list[int], num_images: int) -> list[int]:
         """`prompt` as mgm's `tokenizer_image_token` makes it, one placeholder id per image."""
-        from mgm.mm_utils import tokenizer_image_token
+        from mgm.data.prompt_ids import tokenizer_image_token
 
         placeholder = self.placeholder_id
         if prompt.count(placeholder) == num_images:

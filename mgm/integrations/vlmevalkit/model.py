@@ -55,7 +55,7 @@ class MGM(BaseModel):
                  device: str = "auto", load_8bit: bool = False, temperature: float = 0.0,
                  top_p: float | None = None, num_beams: int = 1, max_new_tokens: int = 1024) -> None:
         super().__init__()
-        from mgm.serve.engine import GenerationParams
+        from mgm.inference.requests import GenerationParams
 
         self.harness = HarnessModel(model_path, conv_mode=conv_mode, model_base=model_base, device=device,
                                     load_8bit=load_8bit)
