@@ -30,7 +30,7 @@ COMMANDS: tuple[tuple[tuple[str, ...], str, str], ...] = (
 # Commands whose module loads torch, gradio or fastapi when imported: `--help` is answered by this light
 # parser first ("module:function"), so it never waits for those imports.
 HELP_PARSERS: dict[tuple[str, ...], str] = {
-    ("train",): "mgm.train.arg_fields:build_help_parser",
+    ("train",): "mgm.train.help:build_help_parser",
     ("serve", "worker"): "mgm.serve.worker_settings:build_parser",
     ("serve", "web"): "mgm.serve.web_args:build_parser",
 }

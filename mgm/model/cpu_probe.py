@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mgm.model.linear_kernels import KERNELS
+
 ROW_CLASSES = ("one", "few", "many")
 PROBED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MARGIN = 0.9
@@ -157,8 +159,6 @@ def _time(kernels: dict, x: torch.Tensor, weights: list[torch.Tensor], trials: i
 
 def probe(dtype: torch.dtype) -> dict:
     """Measure this CPU: {"plan": {row class: kernel}, "ms": {row class: {kernel: ms}}, "correct": [...]}."""
-    from mgm.model.fast_linear import KERNELS
-
     correct = [name for name in _candidates(dtype) if _correct(KERNELS[name], dtype)]
     gen = torch.Generator().manual_seed(1)
     # 6 x 2048 x 1024 weights: 48 MB in float32, more than the L2 and most L3 slices of a 2-core share.

@@ -23,10 +23,10 @@ import functools
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mgm.model import cpu_probe
+from mgm.model.linear_kernels import KERNELS
 
 # Scoped, not global: a `stock_linears()` block affects only its own thread / task.
 _STOCK = contextvars.ContextVar("mgm_stock_linears", default=False)
@@ -40,27 +40,6 @@ def stock_linears() -> Iterator[None]:
         yield
     finally:
         _STOCK.reset(token)
-
-
-# -- candidate kernels: (x [..., in], weight [out, in], bias [out] | None, gelu) -> [..., out] ---------
-def _stock(x, weight, bias, gelu):
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
-
-
-def _onednn(x, weight, bias, gelu):
-    return torch.ops.mkldnn._linear_pointwise(x, weight.contiguous(), bias, "gelu" if gelu else "none",
-                                              [], "none" if gelu else "")
-
-
-def _upcast(x, weight, bias, gelu):
-    # Half-precision inputs computed in float32 (the CPU lacks native bf16/fp16 dot products); the upcast
-    # copy of the weight costs one read, much less than a software-emulated half-precision GEMM.
-    y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
-    return (F.gelu(y) if gelu else y).to(x.dtype)
-
-
-KERNELS = {"stock": _stock, "onednn": _onednn, "upcast": _upcast}
 
 
 def kernel_plan(dtype: torch.dtype) -> dict[str, str]:
@@ -77,9 +56,9 @@ def _plan_functions(dtype: torch.dtype) -> tuple:
 def _kernel(x: torch.Tensor, weight: torch.Tensor):
     if (_STOCK.get() or x.device.type != "cpu" or weight.device.type != "cpu" or weight.dtype != x.dtype
             or x.dtype not in cpu_probe.PROBED_DTYPES or x.dim() < 2):
-        return _stock
+        return KERNELS["stock"]
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _stock  # the fast kernels have no autograd formula
+        return KERNELS["stock"]  # the fast kernels have no autograd formula
     rows = x.numel() // max(x.shape[-1], 1)
     return _plan_functions(x.dtype)[cpu_probe.row_class(rows)]
 

@@ -2,17 +2,14 @@
 
 `ModelArguments` and `DataArguments` are the original's; `MGMTrainingFields` holds the original's additions
 to (and default changes of) `transformers.TrainingArguments`, which `mgm.train.args.TrainingArguments`
-combines with HF's class. `build_help_parser()` turns these fields into the quick `--help` of the
+combines with HF's class. `mgm.train.help.build_help_parser()` turns these fields into the quick `--help` of the
 training entry points: the full parser needs `transformers.TrainingArguments`, which loads torch (seconds),
 so its complete listing is behind `--help-all`.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from dataclasses import dataclass, field
 
-from mgm.program import program_name
 
 LORA_BIAS_CHOICES = ("none", "all", "lora_only")
 BITS_CHOICES = (4, 8, 16)
@@ -104,37 +101,6 @@ class MGMTrainingFields:
 DESCRIPTION = ("Train MGM (stage 1: --tune_mm_mlp_adapter True; stage 2: --pretrain_mm_mlp_adapter FILE). "
                "Launch with python, torchrun or deepspeed. --config FILE.yaml supplies flags (command-line "
                "flags override it). Old flag names --evaluation_strategy and --warmup_ratio are accepted.")
-
-
-class _FullHelp(argparse.Action):
-    """`--help-all`: print the complete parser's help (every transformers.TrainingArguments flag) and exit."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from mgm.train.args import build_parser  # loads transformers and torch: only when asked
-
-        build_parser().print_help()
-        parser.exit()
-
-
-def build_help_parser() -> argparse.ArgumentParser:
-    """The quick `--help`: mgm's own training flags, with a pointer to `--help-all` for HF's."""
-    parser = argparse.ArgumentParser(
-        prog=program_name("python -m mgm.train.train"), description=DESCRIPTION,
-        usage="%(prog)s [--config FILE.yaml] [--FLAG VALUE ...]",
-        epilog="Every transformers.TrainingArguments flag is accepted too (--output_dir, --num_train_epochs, "
-               "--per_device_train_batch_size, --learning_rate, --bf16, --deepspeed, --gradient_checkpointing, "
-               "...); --help-all lists them all (it loads transformers, a few seconds).")
-    parser.add_argument("--help-all", action=_FullHelp, help="show every flag, transformers' included, and exit")
-    parser.add_argument("--config", default=None, help="YAML preset: a mapping of flag names (without --) to values")
-    for cls in (ModelArguments, DataArguments, MGMTrainingFields):
-        group = parser.add_argument_group(cls.__name__, cls.__doc__)
-        for f in dataclasses.fields(cls):
-            group.add_argument(f"--{f.name}", default=f.default, metavar=f.name.upper(),
-                               help=f"{f.metadata.get('help', '')} (default: {f.default})")
-    return parser
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -25,7 +25,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mgm.errors import UserError  # noqa: E402
-from mgm.train.arg_fields import build_help_parser, wants_help  # noqa: E402
+from mgm.train.arg_fields import wants_help  # noqa: E402
+from mgm.train.help import build_help_parser  # noqa: E402
 
 if TYPE_CHECKING:
     from torch import nn
