@@ -24,12 +24,8 @@ from mgm.model.splice import assign_images, splice
 from mgm.model.vision.clip import CLIPVisionTower
 from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
 from mgm.model.vision.multiscale import MultiScaleMap, resize_map
-from mgm.model.vision.registry import (
-    clip_config_from,
-    convnext_spec_from,
-    missing_tower_error,
-    resolve_tower_path,
-)
+from mgm.model.vision.kinds import build_lr_tower, hr_folder_state, hr_spec_from
+from mgm.model.vision.registry import missing_tower_error, resolve_tower_path
 
 CLIP_PREFIX = "model.vision_tower.vision_tower."
 AUX_PREFIX = "model.vision_tower_aux."
@@ -55,19 +51,19 @@ class MGMMetaModel:
         ckpt = CheckpointFiles(checkpoint_dir) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
 
         lr_dir = resolve_tower_path(s.vision_tower, checkpoint_dir, self._tower_overrides["vision_tower"])
-        clip_cfg = clip_config_from(lr_dir, s.vision_tower)
-        if clip_cfg is None:
+        tower = build_lr_tower(lr_dir, s.vision_tower, s)  # kind from the folder's config.json
+        if tower is None:
             raise missing_tower_error("LR (CLIP)", "mm_vision_tower", s.vision_tower, checkpoint_dir,
                                       self._tower_overrides["vision_tower"])
         self.tower_dirs["vision_tower"] = lr_dir
-        self.vision_tower = CLIPVisionTower(clip_cfg, s.select_layer, s.select_feature, s.optimize_vision_tower)
-        mm_hidden = s.mm_hidden_size or clip_cfg.hidden_size
+        self.vision_tower = tower
+        mm_hidden = s.mm_hidden_size or tower.hidden_size
         config.mm_hidden_size = mm_hidden
         self.mm_projector = build_vision_projector(s, mm_hidden, config.hidden_size)
 
         if s.has_aux:
             aux_dir = resolve_tower_path(s.vision_tower_aux, checkpoint_dir, self._tower_overrides["vision_tower_aux"])
-            spec = convnext_spec_from(aux_dir)
+            spec = hr_spec_from(aux_dir)  # timm or open_clip, from the folder's config files
             if spec is None and ckpt:
                 spec = ConvNeXtSpec.from_state_dict(ckpt.shapes(AUX_PREFIX + "vision_"), AUX_PREFIX + "vision_")
             if spec is None:
@@ -114,11 +110,7 @@ class MGMMetaModel:
             aux_dir = self.tower_dirs["vision_tower_aux"]
             folder_state = None
             if not (s.optimize_vision_tower_aux and needed <= anywhere) and aux_dir is not None:
-                from mgm.model.vision.convnext import strip_open_clip_state_dict
-                from mgm.model.vision.registry import load_open_clip_weights
-
-                raw = load_open_clip_weights(aux_dir)
-                folder_state = strip_open_clip_state_dict(raw) if raw is not None else None
+                folder_state = hr_folder_state(aux_dir)
             if folder_state:
                 self.vision_tower_aux.load_state_dict(folder_state, strict=True)
                 sources["vision_tower_aux"] = "folder"
@@ -134,13 +126,10 @@ class MGMMetaModel:
         if getattr(self, "vision_tower", None) is not None:
             _load_clip_folder(self.vision_tower, self.tower_dirs["vision_tower"])
         if getattr(self, "vision_tower_aux", None) is not None:
-            from mgm.model.vision.convnext import strip_open_clip_state_dict
-            from mgm.model.vision.registry import load_open_clip_weights
-
-            raw = load_open_clip_weights(self.tower_dirs["vision_tower_aux"])
-            if raw is None:
-                raise UserError(f"no open_clip weights in {self.tower_dirs['vision_tower_aux']}")
-            self.vision_tower_aux.load_state_dict(strip_open_clip_state_dict(raw), strict=True)
+            state = hr_folder_state(self.tower_dirs["vision_tower_aux"])
+            if state is None:
+                raise UserError(f"no open_clip or timm weights in {self.tower_dirs['vision_tower_aux']}")
+            self.vision_tower_aux.load_state_dict(state, strict=True)
 
 
 def _has_hf_weights(folder: Path) -> bool:

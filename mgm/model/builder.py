@@ -186,6 +186,8 @@ def image_processor_for_tower(folder, image_size: int):
         processor = ImageProcessor.from_pretrained(folder)
     else:
         processor = ImageProcessor.for_image_size(image_size)
+    if "shortest_edge" not in processor.size and processor.crop_size["height"] != image_size:
+        processor = processor.at_size(image_size)  # SigLIP 2 (NaFlex) configs name no size: the tower's own
     processor.image_size_raw = dict(processor.crop_size)
     return processor
 

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mgm.conversation import conv_templates, template_for_model_config
+    from mgm.chat_template_conversation import conversation_for, valid_template_names
+    from mgm.conversation import template_for_model_config
     from mgm.data.image import open_image
     from mgm.mm_utils import get_model_name_from_path
     from mgm.model.builder import load_pretrained_model
@@ -122,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
     auto_mode = template_for_model_config(model.config, tokenizer)
     conv_mode = args.conv_mode or auto_mode
-    if conv_mode not in conv_templates:
-        raise UserError(f"--conv-mode {conv_mode!r} is unknown; valid: {', '.join(sorted(conv_templates))}")
+    if conv_mode not in valid_template_names():
+        raise UserError(f"--conv-mode {conv_mode!r} is unknown; valid: {', '.join(valid_template_names())}")
     if args.conv_mode and args.conv_mode != auto_mode:
         print(f"[WARNING] the auto inferred conversation mode is {auto_mode}, while `--conv-mode` is "
               f"{args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
-    conv = conv_templates[conv_mode].copy()
+    conv = conversation_for(conv_mode, tokenizer, model.config)  # chat_template: the checkpoint's Jinja
     stop = conv.stop_strings()
     engine = InferenceEngine(tokenizer, model, processor, context_len, extra_eos_tokens=stop)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
