@@ -272,8 +272,9 @@ def family_for_llm(model_type: str) -> Family:
 
 
 def find_family_for_llm(model_type: str) -> Family | None:
-    """`family_for_llm`, or None for an LLM without an MGM family (plain-LLM training of any family)."""
-    try:
-        return family_for_llm(model_type)
-    except UserError:
-        return None
+    """The table row of a base or MGM `model_type`, or None (a derived row or no family: nothing to say
+    beyond what the base config says; `any_family` includes the derived rows)."""
+    for fam in FAMILIES:
+        if model_type in (fam.config_base.model_type, fam.model_type, fam.legacy_model_type):
+            return fam
+    return None

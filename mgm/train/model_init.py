@@ -358,8 +358,7 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
 
     from mgm.chat_template_conversation import CHAT_TEMPLATE, JinjaConversation
     from mgm.data.tokenizer_setup import setup_tokenizer_for_version
-    from mgm.model.families import any_family, classes_for_model_type, family_classes, family_for_llm, \
-        find_family_for_llm
+    from mgm.model.families import any_family, classes_for_model_type, family_classes, family_for_llm
 
     path = model_args.model_name_or_path
     if not path:
@@ -393,7 +392,7 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     else:
         model = _quiet_load(AutoModelForCausalLM.from_pretrained, path, **load_kwargs)
     model.config.use_cache = False
-    known = family or find_family_for_llm(base_cfg["model_type"])
+    known = family or any_family(base_cfg["model_type"])
     leaves = known.zero3_leaf_modules if known else ()
     if known is not None and known.model_type == known.legacy_model_type:  # a derived row: read off the model
         from mgm.model.families import moe_leaf_types
