@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mgm.errors import UserError
+from mgm.errors import UserError, exit_on_user_error
 from mgm.zoo.random_weights import randomize_, seeded_generator
 
 _CHATML = (
@@ -225,3 +225,38 @@ def make_tower(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
         raise UserError(f"unknown tower kind {kind!r}; valid: {', '.join(builders)}")
     with torch.no_grad():
         return builders[kind]()
+
+
+def build_parser():
+    """The command line of `python -m mgm.zoo.any_llm`."""
+    import argparse
+
+    from mgm.program import program_name
+
+    parser = argparse.ArgumentParser(
+        prog=program_name("python -m mgm.zoo.any_llm"),
+        description="Write one tiny random base LLM (with a locally trained tokenizer and its chat template) or "
+                    "one tiny tower folder, offline, for trying MGM on your own LLM.")
+    parser.add_argument("what", choices=("llm", "tower"), help="an LLM folder or a tower folder")
+    parser.add_argument("kind", help=f"LLM: {', '.join(ANY_LLMS)}; tower: siglip, siglip_vision, timm_convnext, "
+                                     "timm_convnext_v2")
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    import os
+    import sys
+
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # see mgm.zoo.tiny.main
+    folder = build_any_llm(args.kind, args.out, args.seed) if args.what == "llm" else \
+        make_tower(args.kind, args.out, args.seed)
+    print(f"{args.what} {args.kind} written to {folder}", file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
