@@ -157,3 +157,35 @@ def conversation_for(name: str, tokenizer: Any = None, config: Any = None) -> Co
 
 def valid_template_names() -> list[str]:
     return sorted([*conv_templates, CHAT_TEMPLATE])
+
+
+_PARTS_TO_TEXT = r"""{#- mgm: content parts -> text with one <image> tag per image part, as mgm's own templates -#}
+{%- set mgm_ns = namespace(msgs=[]) -%}
+{%- for message in messages -%}
+  {%- if message['content'] is string or message['content'] is none -%}
+    {%- set mgm_ns.msgs = mgm_ns.msgs + [message] -%}
+  {%- else -%}
+    {%- set mgm_parts = namespace(texts=[], images=0) -%}
+    {%- for part in message['content'] -%}
+      {%- if part['type'] == 'text' -%}{%- set mgm_parts.texts = mgm_parts.texts + [part['text']] -%}
+      {%- elif part['type'] in ['image', 'image_url'] -%}{%- set mgm_parts.images = mgm_parts.images + 1 -%}
+      {%- endif -%}
+    {%- endfor -%}
+    {%- set mgm_text = mgm_parts.texts | join('\n') -%}
+    {%- if mgm_parts.images > 0 and '<image>' not in mgm_text -%}
+      {%- set mgm_text = '<image>\n' * mgm_parts.images + mgm_text -%}
+    {%- endif -%}
+    {%- set mgm_ns.msgs = mgm_ns.msgs + [{'role': message['role'], 'content': mgm_text}] -%}
+  {%- endif -%}
+{%- endfor -%}
+{%- set messages = mgm_ns.msgs -%}
+{%- if enable_thinking is not defined -%}{%- set enable_thinking = false -%}{%- endif -%}
+"""
+
+
+def hf_chat_template(conv: JinjaConversation) -> str:
+    """The Jinja template an HF processor renders messages with, giving `conv.get_prompt()`'s string:
+    image parts become `<image>` tags, thinking is off unless asked, and the BOS text is left to the
+    tokenizer when it adds BOS itself."""
+    drop_bos = "{%- set bos_token = '' -%}\n" if conv.drop_prefix else ""
+    return _PARTS_TO_TEXT + drop_bos + conv.chat_template

@@ -283,6 +283,20 @@ def test_qwen3_siglip_openclip_two_stages_then_cli(tmp_path, towers, monkeypatch
     assert cfg["mm_hidden_size"] == 32 and cfg["mm_hidden_size_aux"] == 120  # sizes follow the towers
     assert "<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n" in out  # the trained header, at inference too
 
+    # the transformers pipeline renders the same prompt with the recorded template (image parts -> <image>)
+    from PIL import Image
+    from transformers import pipeline
+
+    pipe = pipeline("image-text-to-text", model=str(tmp_path / "s2"))
+    assert type(pipe.model).__name__ == "MGMQwen3ForCausalLM"
+    msgs = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 40), (200, 20, 20))},
+                                         {"type": "text", "text": "What color is the shape?"}]}]
+    prompt = pipe.processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert prompt == ("<|im_start|>user\n<image>\nWhat color is the shape?<|im_end|>\n"
+                      "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    answer = pipe(text=msgs, max_new_tokens=3, generate_kwargs={"do_sample": False})[0]["generated_text"][-1]
+    assert answer["role"] == "assistant"
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,lr,hr,lora", [

@@ -9,6 +9,7 @@ The tokenizer is saved with every checkpoint, so these choices are inherited by 
 | contains `gemma`   | the version's template, else `gemma`    | none (Gemma has its own `<pad>`)                 |
 | contains `llama_3` | the version's template, else `llama_3`  | unk = `<|reserved_special_token_0|>` if none; pad = unk |
 | `chat_template`    | the tokenizer's own Jinja chat template | pad kept; else unk; else `<|mgm_pad|>` added      |
+| `plain`            | plain                                   | pad = unk; with neither: `<|mgm_pad|>` added      |
 | anything else      | the version's template, else vicuna_v1  | pad = unk                                        |
 
 `padding_side` is always "right" (the original passed it when loading the tokenizer).
@@ -83,6 +84,9 @@ def setup_tokenizer_for_version(tokenizer: Any, version: str) -> tuple[Any, str,
         tokenizer.pad_token = tokenizer.unk_token
         template = version if version in conv_templates else "llama_3"
     else:
+        if version == "plain" and tokenizer.unk_token is None and tokenizer.pad_token is None:
+            # stage 1 of any LLM (Llama 3.x has neither): a pad of its own, as for chat_template
+            added = tokenizer.add_special_tokens({"pad_token": CHAT_TEMPLATE_PAD}) > 0
         _pad_with_unk(tokenizer, version)
         if version in conv_templates:
             template = version

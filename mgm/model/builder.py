@@ -138,7 +138,12 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             raise UserError(f"--model-base {model_base} is not a folder")
         config = config_cls.from_pretrained(str(path))
         config.name_or_path = str(path)
+        trained_vocab, base_vocab = getattr(config, "vocab_size", None), read_config_json(base).get("vocab_size")
+        if trained_vocab and base_vocab and trained_vocab != base_vocab:
+            config.vocab_size = base_vocab  # training added tokens (a pad): load the base's rows, then grow
         model = causal_cls.from_pretrained(str(base), config=config, **overrides, **load_kwargs)
+        if trained_vocab and base_vocab and trained_vocab > base_vocab:
+            model.resize_token_embeddings(trained_vocab, mean_resizing=False)
         model.get_model().load_tower_weights_from_folders()
         if is_lora:
             _merge_lora(model, path)

@@ -86,6 +86,7 @@ class MGMProcessor(ProcessorMixin):
     @classmethod
     def from_checkpoint(cls, folder: str | Path, **kwargs) -> "MGMProcessor":
         """Build the processor of a checkpoint folder in mgm's layout (no processor files needed)."""
+        from mgm.chat_template_conversation import CHAT_TEMPLATE, conversation_for, hf_chat_template
         from mgm.conversation import template_for_model_config
 
         folder = Path(folder)
@@ -95,7 +96,12 @@ class MGMProcessor(ProcessorMixin):
         tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("use_fast", "padding_side", "revision")}
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **tokenizer_kwargs)
         image_processor = MGMImageProcessor.from_model_config(config, folder)
-        templates = all_chat_templates(template_for_model_config(config, tokenizer))
+        name = template_for_model_config(config, tokenizer)
+        if name == CHAT_TEMPLATE:  # the LLM's own Jinja template the checkpoint was trained with
+            templates = all_chat_templates()
+            templates["default"] = hf_chat_template(conversation_for(name, tokenizer, config))
+        else:
+            templates = all_chat_templates(name)
         tokenizer.chat_template = dict(templates)  # tokenizer.apply_chat_template renders the same way
         return cls(image_processor, tokenizer, chat_template=templates)
 
