@@ -139,11 +139,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         config = config_cls.from_pretrained(str(path))
         config.name_or_path = str(path)
         trained_vocab, base_vocab = getattr(config, "vocab_size", None), read_config_json(base).get("vocab_size")
+        pad = getattr(config, "pad_token_id", None)
         if trained_vocab and base_vocab and trained_vocab != base_vocab:
             config.vocab_size = base_vocab  # training added tokens (a pad): load the base's rows, then grow
+            if isinstance(pad, int) and pad >= base_vocab:
+                config.pad_token_id = None  # an added pad is not a row of the base yet
         model = causal_cls.from_pretrained(str(base), config=config, **overrides, **load_kwargs)
         if trained_vocab and base_vocab and trained_vocab > base_vocab:
             model.resize_token_embeddings(trained_vocab, mean_resizing=False)
+            model.config.pad_token_id = pad
         model.get_model().load_tower_weights_from_folders()
         if is_lora:
             _merge_lora(model, path)
