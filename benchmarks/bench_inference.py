@@ -4,7 +4,7 @@
 
 The default configuration has the released shapes with random weights (CLIP ViT-L/14-336, ConvNeXt-L
 at 768 (1536 for HD), mining 2880 -> 1024) and a small Llama; `--config anyllm` has SigLIP-so400m/384
-(729 tokens, no CLS), ConvNeXt-L at 768 and a Qwen3-shaped LLM (Qwen3-0.6B widths, 4 layers); `--quick` runs the same steps on tiny
+(729 tokens, no CLS), ConvNeXt-L at 756 and a Qwen3-shaped LLM (Qwen3-0.6B widths, 4 layers); `--quick` runs the same steps on tiny
 shapes in seconds (a smoke test; its numbers mean nothing). Rows (median of --repeats interleaved runs):
 
   mining        factored mining (mgm) vs the literal per-window formula on the materialised map;
@@ -50,11 +50,12 @@ CONFIGS = {
                  llm=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
                           num_key_value_heads=16, vocab_size=32000)),
     # MGM on a current stack (README "MGM on your own LLM"): SigLIP-so400m/384 (27 x 27 tokens, no CLS) +
-    # ConvNeXt-L at 768 + a Qwen3-shaped LLM (Qwen3-0.6B widths, 4 layers), random weights
+    # ConvNeXt-L at 756 (~768; 189 = 27 x 7, so the literal reference mining can run) + a Qwen3-shaped LLM
+    # (Qwen3-0.6B widths, 4 layers), random weights
     "anyllm": dict(lr_kind="siglip",
                    clip=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                              image_size=384, patch_size=14),
-                   convnext=dict(timm_model_name="convnext_large"), image_size_aux=768, llm_type="qwen3",
+                   convnext=dict(timm_model_name="convnext_large"), image_size_aux=756, llm_type="qwen3",
                    llm=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=16,
                             num_key_value_heads=8, head_dim=128, vocab_size=151936)),
 }
@@ -489,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                         "bf16 needs llm, which it then runs too)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--config", default="real", choices=("real", "anyllm"),
-                   help="real: the released shapes; anyllm: SigLIP-so400m/384 + ConvNeXt-L/768 + a Qwen3-shaped LLM")
+                   help="real: the released shapes; anyllm: SigLIP-so400m/384 + ConvNeXt-L/756 + a Qwen3-shaped LLM")
     args = p.parse_args(argv)
     name, repeats, steps = ("tiny", 1, 4) if args.quick else (args.config, args.repeats, args.steps)
     with torch.no_grad():

@@ -309,3 +309,24 @@ def test_qwen3_siglip_openclip_two_stages_then_cli(tmp_path, towers, monkeypatch
 ])
 def test_architectures_two_stages_then_cli(tmp_path, towers, monkeypatch, capsys, arch, lr, hr, lora):
     _recipe(tmp_path, towers, arch, lr, hr, monkeypatch, capsys, lora=lora)
+
+
+def test_qwen3_siglip_recipe_script_has_the_released_hyper_parameters(tmp_path):
+    from pathlib import Path
+
+    from test_train_args import _global_batch, _run_with_stub
+
+    from mgm.train.args import check_flags, parse_args
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "anyllm" / "stage_1_2_full_qwen3_siglip_convnext_l.sh"
+    calls = _run_with_stub(script, tmp_path, {})
+    assert len(calls) == 2
+    for call, (version, lr, batch) in zip(calls, (("plain", 1e-3, 256), ("chat_template", 2e-5, 128))):
+        assert call[0] == "mgm/train/train_mem.py"
+        flags = call[1:]
+        ns = check_flags(flags)
+        assert (ns.version, ns.learning_rate, _global_batch(flags, 1)) == (version, lr, batch)
+        assert ns.model_name_or_path.endswith("Qwen3-8B") and ns.vision_tower.endswith("siglip-so400m-patch14-384")
+        assert ns.image_size_aux == 864 and ns.model_max_length == 2048
+        ds_free = [f for i, f in enumerate(flags) if f != "--deepspeed" and (i == 0 or flags[i - 1] != "--deepspeed")]
+        parse_args(ds_free + ["--output_dir", str(tmp_path / "x")])

@@ -5,7 +5,7 @@
 # which the checkpoint records, so the CLI, servers and evaluation render prompts with it.
 # SigLIP-so400m/384 gives 27 x 27 = 729 LR tokens; --image_size_aux 864 (= 27 x 32) gives a 216 x 216 HR map,
 # 8 x 8 HR cells per LR token, as 336/768 does for CLIP-L (24 tokens a side, 192 x 192).
-# Run from anywhere: bash scripts/anyllm/train/stage_1_2_full_qwen3_siglip_convnext_l.sh
+# Run from anywhere: bash scripts/anyllm/stage_1_2_full_qwen3_siglip_convnext_l.sh
 # Environment overrides: LLM (base LLM folder), the ones of scripts/train_common.sh (VISION_TOWER, VISION_TOWER_AUX, ...).
 set -e
 : "${MODEL_ZOO:=model_zoo}"
@@ -13,7 +13,7 @@ set -e
 : "${VISION_TOWER:=$MODEL_ZOO/google/siglip-so400m-patch14-384}"
 : "${VISION_TOWER_AUX=$MODEL_ZOO/OpenAI/openclip-convnext-large-d-320-laion2B-s29B-b131K-ft-soup}"
 : "${RUN:=MGM-Qwen3-8B-SigLIP}"
-source "$(dirname "${BASH_SOURCE[0]}")/../../train_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../train_common.sh"
 
 # Stage 1 (feature alignment): global batch 32 per GPU x 1 accumulation x 8 GPUs = 256
 mgm_stage1 "" \
