@@ -330,3 +330,19 @@ def test_qwen3_siglip_recipe_script_has_the_released_hyper_parameters(tmp_path):
         assert ns.image_size_aux == 864 and ns.model_max_length == 2048
         ds_free = [f for i, f in enumerate(flags) if f != "--deepspeed" and (i == 0 or flags[i - 1] != "--deepspeed")]
         parse_args(ds_free + ["--output_dir", str(tmp_path / "x")])
+
+
+def test_mining_windows_must_tile_the_hr_map(towers):
+    from mgm.model.families import classes_for_model_type
+
+    config_cls, _, causal_cls = classes_for_model_type("mgm_qwen3")
+    config = config_cls(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=1, head_dim=16, mm_vision_tower=str(towers["siglip"]),
+                        mm_vision_tower_aux=str(towers["timm_convnext"]), mm_projector_type="mlp2x_gelu",
+                        image_size_aux=64)
+    model = causal_cls(config).eval()
+    assert (config.mm_hidden_size, config.mm_hidden_size_aux) == (32, 120)  # sizes follow the towers
+    with torch.no_grad():
+        assert model.encode_images(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 64, 64)).shape == (1, 16, 32)
+        with pytest.raises(UserError, match="multiple of 16"):
+            model.encode_images(torch.randn(1, 3, 32, 32), torch.randn(1, 3, 72, 72))

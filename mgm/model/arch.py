@@ -166,6 +166,15 @@ def missing_images_aux_message(settings: MGMSettings) -> str:
             "images_aux cannot be rebuilt from `images`)")
 
 
+def _check_windows(hr_size, grid: int, settings: MGMSettings) -> None:
+    """Mining gives each LR token an equal window of the HR map: its side must be a multiple of the LR grid."""
+    if any(side % grid for side in hr_size):
+        side = grid * 4
+        raise UserError(f"the HR map is {hr_size[0]}x{hr_size[1]} (image_size_aux {settings.image_size_aux} / 4) but the "
+                        f"LR tower gives {grid} tokens a side: mining needs whole windows, so choose image_size_aux "
+                        f"as a multiple of {side} (e.g. {side * max(1, round(settings.image_size_aux / side))})")
+
+
 class MGMMetaForCausalLM:
     """Mixin for the causal LM: image encoding, splicing and generation over any HF decoder family."""
 
@@ -232,6 +241,7 @@ class MGMMetaForCausalLM:
             glob_feats = feats[batch * g * g:]
             if images_aux is not None:
                 hr = self.hr_features(images_aux, feats)
+                _check_windows(hr.shape[-2:], g * self.get_vision_tower().num_patches_per_side, s)
                 # The crops' windows tile the whole HR map: one mining call over a (g·P)² grid.
                 mined = self.unified_resampler(crops_to_grid(crop_feats, g), hr)[1]
                 crop_feats = crop_feats + grid_to_crops(mined, g)
@@ -244,7 +254,9 @@ class MGMMetaForCausalLM:
             return inner.mm_projector(tokens)
         feats = self.get_vision_tower()(images).to(dtype)
         if images_aux is not None and self.get_vision_tower_aux() is not None:
-            feats = feats + self.unified_resampler(feats, self.hr_features(images_aux, feats))[1]
+            hr = self.hr_features(images_aux, feats)
+            _check_windows(hr.shape[-2:], self.get_vision_tower().num_patches_per_side, s)
+            feats = feats + self.unified_resampler(feats, hr)[1]
         return inner.mm_projector(feats)
 
     # -- splicing (docs/original.md#splicing) ---------------------------------------------------------------------
