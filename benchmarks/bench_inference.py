@@ -3,7 +3,8 @@
     python benchmarks/bench_inference.py [--quick] [--repeats N] [--steps N] [--sections mining,towers,...] [--json]
 
 The default configuration has the released shapes with random weights (CLIP ViT-L/14-336, ConvNeXt-L
-at 768 (1536 for HD), mining 2880 -> 1024) and a small Llama; `--quick` runs the same steps on tiny
+at 768 (1536 for HD), mining 2880 -> 1024) and a small Llama; `--config anyllm` has SigLIP-so400m/384
+(729 tokens, no CLS), ConvNeXt-L at 756 and a Qwen3-shaped LLM (Qwen3-0.6B widths, 4 layers); `--quick` runs the same steps on tiny
 shapes in seconds (a smoke test; its numbers mean nothing). Rows (median of --repeats interleaved runs):
 
   mining        factored mining (mgm) vs the literal per-window formula on the materialised map;
@@ -48,6 +49,15 @@ CONFIGS = {
                  convnext=dict(timm_model_name="convnext_large"), image_size_aux=768,
                  llm=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
                           num_key_value_heads=16, vocab_size=32000)),
+    # MGM on a current stack (README "MGM on your own LLM"): SigLIP-so400m/384 (27 x 27 tokens, no CLS) +
+    # ConvNeXt-L at 756 (~768; 189 = 27 x 7, so the literal reference mining can run) + a Qwen3-shaped LLM
+    # (Qwen3-0.6B widths, 4 layers), random weights
+    "anyllm": dict(lr_kind="siglip",
+                   clip=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                             image_size=384, patch_size=14),
+                   convnext=dict(timm_model_name="convnext_large"), image_size_aux=756, llm_type="qwen3",
+                   llm=dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=16,
+                            num_key_value_heads=8, head_dim=128, vocab_size=151936)),
 }
 
 
@@ -95,18 +105,26 @@ def build_model(name: str, workdir: Path):
     from transformers import CLIPVisionConfig
 
     import mgm.model as M
+    from mgm.model.families import classes_for_model_type
 
     spec = CONFIGS[name]
     clip_dir, aux_dir = workdir / f"{name}-clip", workdir / f"{name}-convnext"
     clip_dir.mkdir(parents=True, exist_ok=True)
     aux_dir.mkdir(parents=True, exist_ok=True)
-    CLIPVisionConfig(**spec["clip"]).save_pretrained(clip_dir)
+    if spec.get("lr_kind") == "siglip":
+        from transformers import SiglipVisionConfig
+
+        SiglipVisionConfig(**spec["clip"]).save_pretrained(clip_dir)
+    else:
+        CLIPVisionConfig(**spec["clip"]).save_pretrained(clip_dir)
     (aux_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": spec["convnext"]}}))
-    cfg = M.MGMConfig(**spec["llm"], max_position_embeddings=4096, mm_vision_tower=str(clip_dir),
-                      mm_vision_tower_aux=str(aux_dir), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
-                      image_size_aux=spec["image_size_aux"], image_aspect_ratio="pad")
+    config_cls, _, causal_cls = (classes_for_model_type("mgm_" + spec["llm_type"]) if "llm_type" in spec
+                                 else (M.MGMConfig, None, M.MGMLlamaForCausalLM))
+    cfg = config_cls(**spec["llm"], max_position_embeddings=4096, mm_vision_tower=str(clip_dir),
+                     mm_vision_tower_aux=str(aux_dir), mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+                     image_size_aux=spec["image_size_aux"], image_aspect_ratio="pad")
     torch.manual_seed(0)
-    model = M.MGMLlamaForCausalLM(cfg).eval()
+    model = causal_cls(cfg).eval()
     for name_ in ("vlm_uni_query_projector", "vlm_uni_aux_projector", "vlm_uni_val_projector"):
         ln = getattr(model.get_model(), name_)[0]  # non-trivial LayerNorm affine, as trained weights have
         ln.weight.data.uniform_(0.5, 1.5)
@@ -123,12 +141,15 @@ def ref_clip(tower, images: torch.Tensor) -> torch.Tensor:
     try:
         emb = vm.embeddings
         x = emb.patch_embedding(images).flatten(2).transpose(1, 2)
-        x = torch.cat([emb.class_embedding.expand(x.shape[0], 1, -1), x], 1) + emb.position_embedding.weight
-        hidden = [vm.pre_layrnorm(x)]
+        cls = getattr(emb, "class_embedding", None)  # SigLIP: no CLS token, no pre-LayerNorm
+        if cls is not None:
+            x = torch.cat([cls.expand(x.shape[0], 1, -1), x], 1)
+        x = x + emb.position_embedding.weight
+        hidden = [vm.pre_layrnorm(x) if cls is not None else x]
         for layer in vm.encoder.layers:
             hidden.append(layer(hidden[-1], None))
         vm.post_layernorm(hidden[-1][:, 0])
-        return hidden[tower.select_layer][:, 1:]
+        return hidden[tower.select_layer][:, 1:] if cls is not None else hidden[tower.select_layer]
     finally:
         cfg._attn_implementation = saved
 
@@ -404,7 +425,13 @@ def bench(name: str, repeats: int, steps: int, sections: tuple[str, ...] = SECTI
     image_ids = torch.cat([ids[:, :20], torch.tensor([[-200]]), ids[:, 20:40]], 1)
     _, _, mask, _, embeds, _ = model.prepare_inputs_labels_for_multimodal(
         image_ids, None, torch.ones_like(image_ids), None, None, images, images_aux, padding_side="left")
-    bare = LlamaForCausalLM(LlamaConfig(**spec["llm"], max_position_embeddings=4096)).eval()
+    if "llm_type" in spec:  # the bare LLM of the same architecture
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        bare = AutoModelForCausalLM.from_config(AutoConfig.for_model(spec["llm_type"], **spec["llm"],
+                                                                     max_position_embeddings=4096)).eval()
+    else:
+        bare = LlamaForCausalLM(LlamaConfig(**spec["llm"], max_position_embeddings=4096)).eval()
     bare.load_state_dict({k: v for k, v in model.state_dict().items() if k in bare.state_dict()}, strict=True)
     if "llm" in sections or "bf16" in sections:
         llm, greedy_ids = bench_llm(model, bare, engine, embeds, mask, prompt, ids, steps, repeats)
@@ -462,8 +489,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated subset of {','.join(SECTIONS)} (hd: 5 views, HR map at 1536; "
                         "bf16 needs llm, which it then runs too)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--config", default="real", choices=("real", "anyllm"),
+                   help="real: the released shapes; anyllm: SigLIP-so400m/384 + ConvNeXt-L/756 + a Qwen3-shaped LLM")
     args = p.parse_args(argv)
-    name, repeats, steps = ("tiny", 1, 4) if args.quick else ("real", args.repeats, args.steps)
+    name, repeats, steps = ("tiny", 1, 4) if args.quick else (args.config, args.repeats, args.steps)
     with torch.no_grad():
         sections = tuple(x for x in args.sections.split(",") if x)
         unknown = sorted(set(sections) - set(SECTIONS))

@@ -5,7 +5,7 @@ A profile is resolved by `load_pretrained_model` (from the model it built), by t
 the eval runners and `mgm eval`, the harness and its toolkit adapters, export and the processor read
 it and re-derive nothing. It holds:
 
-- the conversation template: an explicit choice, else what the checkpoint records (`mgm_template` in
+- the conversation template: an explicit choice, else what the checkpoint records (`conv_template` in
   config.json), else the legacy rule of `mgm.template_choice`; always a known template name;
 - the stop strings (the template's) and the end-of-sequence ids (the tokenizer's, the generation
   config's, and each stop string that is one vocabulary entry, e.g. `<|eot_id|>`, `<|im_end|>`);
@@ -34,7 +34,7 @@ DEFAULT_CONTEXT_LIMIT = 2048
 # pad id when the tokenizer has no pad token and no end-of-sequence id is known either.
 FALLBACK_PAD_ID = 0
 # The config key a checkpoint records its conversation template under.
-TEMPLATE_KEY = "mgm_template"
+TEMPLATE_KEY = "conv_template"  # = mgm.chat_template_conversation.CONFIG_NAME_KEY, what training records
 
 
 def _ids(value: Any) -> list[int]:
@@ -62,6 +62,7 @@ class ModelProfile:
     image_prefix: str  # put before the question once per image
     tokenizer: Any = dataclasses.field(compare=False, repr=False)
     image_processor: Any = dataclasses.field(default=None, compare=False, repr=False)
+    chat_template: str | None = dataclasses.field(default=None, compare=False, repr=False)  # recorded Jinja
 
     def __deepcopy__(self, memo: dict) -> ModelProfile:
         return self  # immutable; copying a processor that holds it must not copy its tokenizer
@@ -77,7 +78,7 @@ class ModelProfile:
         """This profile with template `name` (None: unchanged); UserError for an unknown name."""
         if name is None or name == self.template:
             return self
-        stops = template_stop_strings(name)
+        stops = template_stop_strings(name, self.tokenizer, self.chat_template)
         eos = eos_ids_for(self.tokenizer, self.model_eos_ids, stops)
         return dataclasses.replace(self, template=name, stop_strings=stops, eos_ids=eos,
                                    pad_id=pad_id_for(self.tokenizer, eos))
@@ -88,10 +89,8 @@ class ModelProfile:
 
     # -- prompts --------------------------------------------------------------------------------------
     def conversation(self):
-        """A private copy of this profile's conversation template."""
-        from mgm.conversation import get_template
-
-        return get_template(self.template)
+        """A private copy of this profile's conversation template (`chat_template`: the LLM's own Jinja)."""
+        return conversation_named(self.template, self.tokenizer, self.chat_template)
 
     def place_images(self, text: str, n_images: int) -> str:
         """`text` with its images placed: one `image_prefix` per image in front when it has no `<image>`
@@ -125,11 +124,17 @@ def number_images(text: str) -> str:
     return parts[0] + "".join(f"Image {k}:{DEFAULT_IMAGE_TOKEN}{rest}" for k, rest in enumerate(parts[1:], 1))
 
 
-def template_stop_strings(name: str) -> tuple[str, ...]:
-    """The stop strings of template `name` (UserError listing the valid names when unknown)."""
-    from mgm.conversation import get_template
+def conversation_named(name: str, tokenizer: Any = None, chat_template: str | None = None):
+    """An editable conversation of template `name` (UserError listing the valid names when unknown);
+    `chat_template` renders with the recorded Jinja text, else the tokenizer's own."""
+    from mgm.chat_template_conversation import CONFIG_JINJA_KEY, conversation_for
 
-    return tuple(get_template(name).stop_strings())
+    return conversation_for(name, tokenizer, {CONFIG_JINJA_KEY: chat_template} if chat_template else None)
+
+
+def template_stop_strings(name: str, tokenizer: Any = None, chat_template: str | None = None) -> tuple[str, ...]:
+    """The stop strings of template `name` (UserError listing the valid names when unknown)."""
+    return tuple(conversation_named(name, tokenizer, chat_template).stop_strings())
 
 
 def single_token_id(tokenizer: Any, token: str) -> int | None:
@@ -185,18 +190,19 @@ def image_prefix_of(config: Any) -> str:
 
 
 def choose_template(config: Any, tokenizer: Any, explicit: str | None = None) -> tuple[str, str]:
-    """(template, inferred): the explicit choice, else the checkpoint's `mgm_template`, else the legacy rule.
+    """(template, inferred): the explicit choice, else the checkpoint's `conv_template`, else the legacy rule.
 
     Every name is checked against the known templates (UserError listing them).
     """
+    from mgm.chat_template_conversation import CHAT_TEMPLATE
     from mgm.conversation import get_template
     from mgm.template_choice import resolve_template
 
     recorded = _config_get(config, TEMPLATE_KEY)
     inferred = recorded or resolve_template(config, tokenizer)
-    get_template(inferred)
-    if explicit is not None:
-        get_template(explicit)
+    for name in (inferred, explicit):
+        if name is not None and name != CHAT_TEMPLATE:
+            get_template(name)  # UserError listing the valid names
     return explicit or inferred, inferred
 
 
@@ -213,14 +219,17 @@ def resolve_profile(config: Any, tokenizer: Any, *, clip_config: Any = None, gen
     for extra in _ids(generation_eos):
         if extra not in model_eos:
             model_eos.append(extra)
-    stops = template_stop_strings(chosen)
+    from mgm.chat_template_conversation import CONFIG_JINJA_KEY
+
+    jinja = _config_get(config, CONFIG_JINJA_KEY)
+    stops = template_stop_strings(chosen, tokenizer, jinja)
     eos = eos_ids_for(tokenizer, model_eos, stops)
     return ModelProfile(
         template=chosen, inferred_template=inferred, stop_strings=stops, eos_ids=eos, model_eos_ids=tuple(model_eos),
         pad_id=pad_id_for(tokenizer, eos),
         context_limit=int(context_limit) if context_limit else context_limit_of(config),
         tokens_per_image=tokens_per_image(config, clip_config), image_prefix=image_prefix_of(config),
-        tokenizer=tokenizer, image_processor=image_processor)
+        tokenizer=tokenizer, image_processor=image_processor, chat_template=jinja)
 
 
 def profile_for_model(model: Any, tokenizer: Any, image_processor: Any = None,
@@ -238,12 +247,16 @@ def profile_for_checkpoint(folder: str | Path, config: Any, tokenizer: Any, imag
     import json
 
     from mgm.model.settings import MGMSettings
+    from mgm.model.vision.kinds import lr_kind, lr_vision_config
     from mgm.model.vision.registry import clip_config_from, resolve_tower_path
 
     settings = MGMSettings.from_config(config)
     clip = None
     if settings.vision_tower:
-        clip = clip_config_from(resolve_tower_path(settings.vision_tower, str(folder)), settings.vision_tower)
+        tower_dir = resolve_tower_path(settings.vision_tower, str(folder))
+        kind = lr_kind(tower_dir)  # CLIP or SigLIP, from the folder's config.json
+        clip = (lr_vision_config(tower_dir, kind) if kind in ("siglip", "siglip2")
+                else clip_config_from(tower_dir, settings.vision_tower))
     # as transformers does: generation_config.json when the folder has one, else the config's own eos
     gen_file = Path(folder) / "generation_config.json"
     generation_eos = (json.loads(gen_file.read_text()).get("eos_token_id") if gen_file.is_file()

@@ -9,7 +9,9 @@ it does not know (every Auto class resolves a checkpoint's `model_type` through 
 `register_auto_classes()` runs and the lookup is answered again. Nothing is imported until then; if
 transformers' Auto module is not loaded yet, the hook is attached right after it loads.
 
-`register_auto_classes()` is the single place that registers anything; add new Auto registrations there.
+`register_auto_classes()` is the single place that registers the table's rows; add new Auto
+registrations there. Derived rows (any decoder-only LLM, `mgm_<type>`, mgm.model.families.derived_family)
+are registered one by one by `register_derived_row`, on the first lookup of their model type.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import threading
 AUTO_CONFIG_MODULE = "transformers.models.auto.configuration_auto"
 _lock = threading.RLock()
 _registered = False
+_derived: dict = {}  # MGM model type -> Family of the derived rows registered so far
 
 
 def register_auto_classes() -> None:
@@ -63,18 +66,53 @@ def register_tokenizer_class() -> None:
                                        tokenizer_class=SentencePieceDecodingTokenizer, exist_ok=True)
 
 
+def register_derived_row(fam) -> tuple[type, type, type]:
+    """Register one derived row with every Auto class the table's rows have (idempotent, thread-safe)."""
+    from mgm.model.families import _row_classes, register_derived
+
+    with _lock:
+        if fam.model_type in _derived:
+            return _row_classes(fam)[fam.model_type]
+        _derived[fam.model_type] = fam  # first: AutoConfig.register looks the type up again
+        from transformers import AutoModelForImageTextToText
+
+        from mgm.processing import register_processor_classes
+
+        config_cls, model_cls, causal_cls = register_derived(fam)
+        AutoModelForImageTextToText.register(config_cls, causal_cls, exist_ok=True)
+        register_processor_classes([config_cls])
+        return config_cls, model_cls, causal_cls
+
+
+def derived_rows_registered() -> list:
+    with _lock:
+        return list(_derived.values())
+
+
+def _register_unknown(key) -> None:
+    """The table's rows on the first unknown key; a derived row when `key` names one."""
+    if not _registered:
+        register_auto_classes()
+    if isinstance(key, str) and key.startswith("mgm_") and key not in _derived:
+        from mgm.model.families import derived_family
+
+        fam = derived_family(key)
+        if fam is not None and fam.model_type == key:
+            register_derived_row(fam)
+
+
 def _registering_mapping_class(base: type) -> type:
     """A subclass of transformers' config mapping that registers MGM on the first unknown key."""
 
     class RegisteringConfigMapping(base):
         def __contains__(self, key) -> bool:
-            if not _registered and not base.__contains__(self, key):
-                register_auto_classes()
+            if not base.__contains__(self, key):
+                _register_unknown(key)
             return base.__contains__(self, key)
 
         def __getitem__(self, key):
-            if not _registered and not base.__contains__(self, key):
-                register_auto_classes()
+            if not base.__contains__(self, key):
+                _register_unknown(key)
             return base.__getitem__(self, key)
 
     RegisteringConfigMapping.__qualname__ = RegisteringConfigMapping.__name__ = f"{base.__name__}WithMGM"

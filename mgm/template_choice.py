@@ -29,6 +29,7 @@ def _tokenizer_has(tokenizer: Any, token: str) -> bool:
 def resolve_template(config: Any, tokenizer: Any = None) -> str:
     """The default conversation template name for a model, decided once from its config (not its name).
 
+    - the template a checkpoint recorded (config key `conv_template`, e.g. "chat_template") decides first;
     - a family row with a `default_template` (mgm.model.families) decides: gemma → "gemma",
       mistral / mixtral (MGM, legacy `mini_gemini_*` and base model types) → "mistral_instruct";
     - otherwise (the llama family, an unknown model_type) the vocabulary: "llama_3" when the model is
@@ -38,6 +39,9 @@ def resolve_template(config: Any, tokenizer: Any = None) -> str:
 
     `config` may be a transformers config or a plain dict (e.g. a parsed config.json).
     """
+    recorded = _config_get(config, "conv_template")  # what the checkpoint was trained with decides first
+    if recorded:
+        return str(recorded)
     model_type = str(_config_get(config, "model_type") or "").lower()
     from mgm.model.families import find_family_for_llm  # the family table decides first
 

@@ -211,7 +211,7 @@ def test_checkpoint_recorded_template_wins_over_the_legacy_rule(tiny_zoo, tmp_pa
     shutil.copytree(src, folder)
     config = json.loads((folder / "config.json").read_text())
     assert checkpoint_profile(folder).template == "vicuna_v1"
-    (folder / "config.json").write_text(json.dumps({**config, "mgm_template": "chatml_direct"}))
+    (folder / "config.json").write_text(json.dumps({**config, "conv_template": "chatml_direct"}))
     assert checkpoint_profile(folder).template == "chatml_direct"
     assert checkpoint_profile(folder, template="llama_3").template == "llama_3"
 

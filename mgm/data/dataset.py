@@ -271,9 +271,10 @@ class SampleEncoder:
     """Sample dict -> `EncodedSample` (raises `BadSampleError`)."""
 
     def __init__(self, tokenizer: Any, config: DataConfig, data_path: str = "<data>") -> None:
-        from mgm.conversation import get_template
+        from mgm.chat_template_conversation import conversation_for
 
-        get_template(config.template_name)  # unknown template: one UserError now, not one per sample
+        # unknown template (or a chat_template without a Jinja template): one UserError now, not one per sample
+        conversation_for(config.template_name, tokenizer)
         self.tokenizer = tokenizer
         self.config = config
         self.data_path = data_path

@@ -57,6 +57,8 @@ class ImageProcessor:
         if not path.is_file():
             raise UserError(f"{path} not found: the CLIP tower folder needs its preprocessor_config.json")
         cfg = json.loads(path.read_text())
+        if "crop_size" not in cfg and not cfg.get("do_center_crop"):
+            return cls._square_from_config(cfg)
         crop = cfg.get("crop_size", 336)
         crop = {"height": crop, "width": crop} if isinstance(crop, int) else dict(crop)
         size = cfg.get("size", {"shortest_edge": 336})
@@ -65,6 +67,22 @@ class ImageProcessor:
                                        "do_normalize", "do_convert_rgb") if k in cfg}
         return cls(crop_size=crop, size=size, image_mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
                    image_std=tuple(cfg.get("image_std", CLIP_STD)), **fields)
+
+    @classmethod
+    def _square_from_config(cls, cfg: dict, side: int | None = None) -> "ImageProcessor":
+        """A SigLIP-style processor: resize straight to a square (no crop); SigLIP 2's NaFlex config
+        names no size, the tower's native side is used (`side`, else 384 until `at_size`)."""
+        size = cfg.get("size")
+        if isinstance(size, dict) and "height" in size:
+            side = size["height"]
+        elif isinstance(size, int):
+            side = size
+        side = side or 384
+        fields = {k: cfg[k] for k in ("resample", "rescale_factor", "do_resize", "do_rescale", "do_normalize",
+                                       "do_convert_rgb") if k in cfg}
+        return cls(crop_size={"height": side, "width": side}, size={"height": side, "width": side},
+                   image_mean=tuple(cfg.get("image_mean", (0.5, 0.5, 0.5))),
+                   image_std=tuple(cfg.get("image_std", (0.5, 0.5, 0.5))), do_center_crop=False, **fields)
 
     @classmethod
     def for_image_size(cls, image_size: int) -> "ImageProcessor":
@@ -80,14 +98,17 @@ class ImageProcessor:
         other = copy.deepcopy(self)
         other.image_size_raw = other.image_size_raw or dict(self.crop_size)
         other.crop_size = {"height": side, "width": side}
-        other.size = {"shortest_edge": side}
+        other.size = {"shortest_edge": side} if "shortest_edge" in self.size else {"height": side, "width": side}
         return other
 
     def preprocess_one(self, image: Image.Image) -> torch.Tensor:
         """PIL image -> [3, crop_h, crop_w] float32."""
         if self.do_convert_rgb and image.mode != "RGB":
             image = image.convert("RGB")
-        if self.do_resize:
+        if self.do_resize and "shortest_edge" not in self.size:  # SigLIP: straight to height x width
+            image = image.resize((self.size["width"], self.size["height"]), resample=Image.Resampling(self.resample),
+                                 reducing_gap=None)
+        elif self.do_resize:
             short = self.size.get("shortest_edge") or min(self.size.get("height", 336), self.size.get("width", 336))
             w, h = image.size
             lo, hi = (w, h) if w <= h else (h, w)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mgm.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from mgm.chat_template_conversation import CHAT_TEMPLATE, JinjaConversation, conversation_for
 from mgm.conversation import Conversation, SeparatorStyle, get_template
 from mgm.data.prompt_ids import tokenizer_image_token
 
@@ -95,7 +96,7 @@ def preprocess_multimodal(
         target = humans[0]
     turns[target]["value"] = ((DEFAULT_IMAGE_TOKEN + "\n") * num_images + _value(turns[target], target)).strip()
 
-    mmtag = template_name is not None and "mmtag" in get_template(template_name).version
+    mmtag = template_name not in (None, CHAT_TEMPLATE) and "mmtag" in get_template(template_name).version
     replacement = DEFAULT_IMAGE_TOKEN
     if mmtag:
         replacement = "<Image>" + DEFAULT_IMAGE_TOKEN + "</Image>"
@@ -231,9 +232,12 @@ def tokenize_conversation(
         ConversationFormatError: malformed conversation.
         EmptyTargetError: nothing left to supervise (no/empty replies, or all cut by max_length).
     """
-    template = get_template(template_name)
+    template = conversation_for(template_name, tokenizer)
     turns = _normalise_turns(conversations)
-    if template.sep_style == SeparatorStyle.PLAIN:
+    if isinstance(template, JinjaConversation):  # the LLM's own template: spans located as a whole
+        prompt, spans = template.supervised_spans(turns)
+        encode = _encoder(tokenizer, has_image)
+    elif template.sep_style == SeparatorStyle.PLAIN:
         prompt, spans = _plain_prompt(turns, template)
         encode = _encoder(tokenizer, True)  # the original always used tokenizer_image_token here
     else:

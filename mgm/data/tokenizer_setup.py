@@ -8,6 +8,8 @@ The tokenizer is saved with every checkpoint, so these choices are inherited by 
 | `v0.5`             | vicuna_v1 (the original default)        | pad = unk                                        |
 | contains `gemma`   | the version's template, else `gemma`    | none (Gemma has its own `<pad>`)                 |
 | contains `llama_3` | the version's template, else `llama_3`  | unk = `<|reserved_special_token_0|>` if none; pad = unk |
+| `chat_template`    | the tokenizer's own Jinja chat template | pad kept; else unk; else `<|mgm_pad|>` added      |
+| `plain`            | plain                                   | pad = unk; with neither: `<|mgm_pad|>` added      |
 | anything else      | the version's template, else vicuna_v1  | pad = unk                                        |
 
 `padding_side` is always "right" (the original passed it when loading the tokenizer).
@@ -20,6 +22,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from mgm.chat_template_conversation import CHAT_TEMPLATE, JinjaConversation
 from mgm.conversation import conv_templates
 from mgm.errors import UserError
 
@@ -28,6 +31,7 @@ __all__ = ["add_image_tokens", "image_token_groups", "setup_tokenizer_for_versio
 
 LLAMA3_UNK_TOKEN = "<|reserved_special_token_0|>"
 V0_PAD_TOKEN = "[PAD]"
+CHAT_TEMPLATE_PAD = "<|mgm_pad|>"
 _FALLBACK_TEMPLATE = "vicuna_v1"  # the original module default `default_conversation`
 
 
@@ -58,7 +62,15 @@ def setup_tokenizer_for_version(tokenizer: Any, version: str) -> tuple[Any, str,
     """
     tokenizer.padding_side = "right"
     added = False
-    if version == "v0":
+    if version == CHAT_TEMPLATE:
+        JinjaConversation.from_tokenizer(tokenizer)  # UserError now when the tokenizer has no template
+        if tokenizer.pad_token is None:
+            if tokenizer.unk_token is not None:
+                tokenizer.pad_token = tokenizer.unk_token
+            else:  # not EOS: the collator's attention mask would hide every EOS the model must learn
+                added = tokenizer.add_special_tokens({"pad_token": CHAT_TEMPLATE_PAD}) > 0
+        template = CHAT_TEMPLATE
+    elif version == "v0":
         if tokenizer.pad_token is None:
             added = tokenizer.add_special_tokens({"pad_token": V0_PAD_TOKEN}) > 0
         template = _FALLBACK_TEMPLATE
@@ -76,6 +88,9 @@ def setup_tokenizer_for_version(tokenizer: Any, version: str) -> tuple[Any, str,
         tokenizer.pad_token = tokenizer.unk_token
         template = version if version in conv_templates else "llama_3"
     else:
+        if version == "plain" and tokenizer.unk_token is None and tokenizer.pad_token is None:
+            # stage 1 of any LLM (Llama 3.x has neither): a pad of its own, as for chat_template
+            added = tokenizer.add_special_tokens({"pad_token": CHAT_TEMPLATE_PAD}) > 0
         _pad_with_unk(tokenizer, version)
         if version in conv_templates:
             template = version

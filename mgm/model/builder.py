@@ -145,7 +145,16 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
             raise UserError(f"--model-base {model_base} is not a folder")
         config = config_cls.from_pretrained(str(path))
         config.name_or_path = str(path)
+        trained_vocab, base_vocab = getattr(config, "vocab_size", None), read_config_json(base).get("vocab_size")
+        pad = getattr(config, "pad_token_id", None)
+        if trained_vocab and base_vocab and trained_vocab != base_vocab:
+            config.vocab_size = base_vocab  # training added tokens (a pad): load the base's rows, then grow
+            if isinstance(pad, int) and pad >= base_vocab:
+                config.pad_token_id = None  # an added pad is not a row of the base yet
         model = causal_cls.from_pretrained(str(base), config=config, **overrides, **load_kwargs)
+        if trained_vocab and base_vocab and trained_vocab > base_vocab:
+            model.resize_token_embeddings(trained_vocab, mean_resizing=False)
+            model.config.pad_token_id = pad
         model.get_model().load_tower_weights_from_folders()
         if is_lora:
             model = _merge_lora(model, path)
@@ -201,6 +210,8 @@ def image_processor_for_tower(folder, image_size: int):
         processor = ImageProcessor.from_pretrained(folder)
     else:
         processor = ImageProcessor.for_image_size(image_size)
+    if "shortest_edge" not in processor.size and processor.crop_size["height"] != image_size:
+        processor = processor.at_size(image_size)  # SigLIP 2 (NaFlex) configs name no size: the tower's own
     processor.image_size_raw = dict(processor.crop_size)
     return processor
 

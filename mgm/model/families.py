@@ -1,5 +1,11 @@
 """LLM families as rows of data: each row makes an MGM config class, inner model class and causal-LM class.
 
+Rows say only what cannot be derived: the released checkpoints' names, ZeRO-3 leaf modules, template
+defaults, real deviations. Any other decoder-only LLM that `AutoModelForCausalLM` builds gets a row
+derived from transformers' own tables (`derived_family`): base `model_type` X becomes MGM model type
+`mgm_X`, wrapping X's config, inner model and causal-LM classes; its ZeRO-3 leaves are read off the
+built model (`moe_leaf_types`: modules holding `experts`).
+
 The classes keep the original names (`MGMLlamaForCausalLM`, ... and the pre-rename `MiniGemini*`
 ones) and `model_type` strings, subclass the family's HF classes so the original state-dict keys
 (`model.layers…`, `model.mm_projector…`, `lm_head…`) load with no remapping, and get all MGM
@@ -83,7 +89,10 @@ def _make_config(name: str, base: type, model_type: str) -> type:
 
 
 def _make_classes(family: Family, prefix: str, model_type: str, config_name: str) -> tuple[type, type, type]:
-    config_cls = _make_config(config_name, family.config_base, model_type)
+    if family.legacy_model_type == family.model_type:  # a derived row: the base config as it is
+        config_cls = type(config_name, (family.config_base,), {"model_type": model_type, "__module__": __name__})
+    else:
+        config_cls = _make_config(config_name, family.config_base, model_type)
 
     def model_init(self, config, vision_tower_path=None, vision_tower_aux_path=None):
         family.model_base.__init__(self, config)
@@ -106,9 +115,57 @@ def _make_classes(family: Family, prefix: str, model_type: str, config_name: str
 @cache
 def _row_classes(fam: Family) -> dict[str, tuple[type, type, type]]:
     """The classes of one row, built once per row (so a row added later leaves the others' classes alone)."""
-    legacy_config = fam.config_name.replace("MGM", "MiniGemini")
-    return {fam.model_type: _make_classes(fam, "MGM", fam.model_type, fam.config_name),
-            fam.legacy_model_type: _make_classes(fam, "MiniGemini", fam.legacy_model_type, legacy_config)}
+    out = {fam.model_type: _make_classes(fam, "MGM", fam.model_type, fam.config_name)}
+    if fam.legacy_model_type != fam.model_type:  # derived rows have no pre-rename names
+        legacy_config = fam.config_name.replace("MGM", "MiniGemini")
+        out[fam.legacy_model_type] = _make_classes(fam, "MiniGemini", fam.legacy_model_type, legacy_config)
+    return out
+
+
+DERIVED_PREFIX = "mgm_"
+
+
+@cache
+def derived_family(model_type: str) -> Family | None:
+    """The row of a base LLM without a table row, from transformers' Auto tables (None when there is none).
+
+    `model_type` may be the base type (`qwen3`) or its MGM type (`mgm_qwen3`). Only decoder-only causal
+    LMs whose causal-LM class holds the inner model as `.model` qualify (the MGM mixins live there).
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+
+    if any(model_type in (f.config_base.model_type, f.model_type, f.legacy_model_type) for f in FAMILIES):
+        return None
+    base_type = model_type[len(DERIVED_PREFIX):] if model_type.startswith(DERIVED_PREFIX) else model_type
+    if not base_type or base_type.startswith(DERIVED_PREFIX) or base_type not in CONFIG_MAPPING:
+        return None
+    config_base = CONFIG_MAPPING[base_type]
+    causal_base = MODEL_FOR_CAUSAL_LM_MAPPING.get(config_base, None)
+    model_base = MODEL_MAPPING.get(config_base, None)
+    if causal_base is None or model_base is None or getattr(causal_base, "base_model_prefix", None) != "model" \
+            or getattr(config_base, "is_encoder_decoder", False):
+        return None
+    stem = causal_base.__name__.removesuffix("ForCausalLM")
+    mgm_type = DERIVED_PREFIX + base_type
+    return Family(base_type, config_base, model_base, causal_base, mgm_type, stem, mgm_type, f"MGM{stem}Config")
+
+
+def moe_leaf_types(model) -> tuple[type, ...]:
+    """Types of the modules of `model` that route tokens to an `experts` sub-module: ZeRO-3 must gather
+    each as one leaf (experts run data-dependently, so per-expert hooks would deadlock ranks)."""
+    from torch import nn
+
+    return tuple(dict.fromkeys(type(m) for m in model.modules()
+                               if isinstance(getattr(m, "experts", None), nn.Module)))
+
+
+def any_family(model_type: str) -> Family | None:
+    """The table row or derived row for a base or MGM `model_type`; None if neither exists."""
+    for fam in FAMILIES:
+        if model_type in (fam.config_base.model_type, fam.model_type, fam.legacy_model_type):
+            return fam
+    return derived_family(model_type)
 
 
 @cache
@@ -120,6 +177,28 @@ def family_classes() -> dict[str, tuple[type, type, type]]:
     return out
 
 
+def register_conversion(fam: Family) -> None:
+    """Give the row's MGM model types the checkpoint conversion of its base (idempotent)."""
+    from transformers import conversion_mapping as cm
+
+    mapping = cm.get_checkpoint_conversion_mapping(fam.config_base.model_type)
+    for transform in mapping or []:
+        # Only the decoder layers: a bare ".mlp." rename would also hit the CLIP tower's keys.
+        transform.scope_prefix, transform.base_model_prefix = "layers", "model"
+    for model_type in (fam.model_type, fam.legacy_model_type):
+        if mapping is not None and cm.get_checkpoint_conversion_mapping(model_type) is None:
+            cm.register_checkpoint_conversion_mapping(model_type, mapping)
+
+
+def register_derived(fam: Family) -> tuple[type, type, type]:
+    """Register a derived row's classes with AutoConfig / AutoModelForCausalLM; returns its classes."""
+    register_conversion(fam)
+    config_cls, model_cls, causal_cls = _row_classes(fam)[fam.model_type]
+    AutoConfig.register(fam.model_type, config_cls, exist_ok=True)
+    AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
+    return config_cls, model_cls, causal_cls
+
+
 def register_auto_classes() -> None:
     """Register every MGM model_type with AutoConfig / AutoModelForCausalLM (idempotent).
 
@@ -127,16 +206,8 @@ def register_auto_classes() -> None:
     Mixtral's per-expert weights on load and splits them back on save), so released checkpoints load
     and `save_pretrained` writes their original layout.
     """
-    from transformers import conversion_mapping as cm
-
     for fam in FAMILIES:
-        mapping = cm.get_checkpoint_conversion_mapping(fam.config_base.model_type)
-        for transform in mapping or []:
-            # Only the decoder layers: a bare ".mlp." rename would also hit the CLIP tower's keys.
-            transform.scope_prefix, transform.base_model_prefix = "layers", "model"
-        for model_type in (fam.model_type, fam.legacy_model_type):
-            if mapping is not None and cm.get_checkpoint_conversion_mapping(model_type) is None:
-                cm.register_checkpoint_conversion_mapping(model_type, mapping)
+        register_conversion(fam)
     for model_type, (config_cls, _, causal_cls) in family_classes().items():
         AutoConfig.register(model_type, config_cls, exist_ok=True)
         AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
@@ -149,38 +220,61 @@ def __getattr__(name: str) -> type:
         for cls in classes:
             if cls.__name__ == name:
                 return cls
+    for fam in _derived_rows_built():
+        for cls in _row_classes(fam)[fam.model_type]:
+            if cls.__name__ == name:
+                return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _derived_rows_built() -> list[Family]:
+    """Derived rows whose classes exist in this process (pickle looks generated classes up by name)."""
+    from mgm.registration import derived_rows_registered
+
+    return derived_rows_registered()
 
 
 def classes_for_model_type(model_type: str) -> tuple[type, type, type]:
     """Classes for a config's `model_type`, with an error listing the valid ones."""
     classes = family_classes()
-    if model_type not in classes:
-        raise UserError(f"unknown model_type {model_type!r} in config.json; valid MGM model types: "
-                        f"{', '.join(sorted(classes))}")
-    return classes[model_type]
+    if model_type in classes:
+        return classes[model_type]
+    fam = derived_family(model_type)
+    if fam is not None and model_type == fam.model_type:
+        from mgm.registration import register_derived_row
+
+        return register_derived_row(fam)
+    raise UserError(f"unknown model_type {model_type!r} in config.json; valid MGM model types: "
+                    f"{', '.join(sorted(classes))}, or {DERIVED_PREFIX}<X> for any decoder-only LLM type X "
+                    "that transformers' AutoModelForCausalLM builds")
 
 
 def family_of(model_type: str) -> Family:
     for fam in FAMILIES:
         if model_type in (fam.model_type, fam.legacy_model_type):
             return fam
+    fam = derived_family(model_type)
+    if fam is not None and model_type == fam.model_type:
+        return fam
     raise UserError(f"unknown model_type {model_type!r}; valid: "
                     + ", ".join(sorted(t for f in FAMILIES for t in (f.model_type, f.legacy_model_type))))
 
 
 def family_for_llm(model_type: str) -> Family:
     """The MGM family wrapping a base LLM `model_type` ('llama', 'gemma', ...) or an MGM one."""
-    for fam in FAMILIES:
-        if model_type in (fam.config_base.model_type, fam.model_type, fam.legacy_model_type):
-            return fam
-    raise UserError(f"LLM model_type {model_type!r} has no MGM family; supported: "
-                    + ", ".join(f.config_base.model_type for f in FAMILIES))
+    fam = any_family(model_type)
+    if fam is not None:
+        return fam
+    raise UserError(f"LLM model_type {model_type!r} has no MGM family: it is not one of "
+                    + ", ".join(f.config_base.model_type for f in FAMILIES)
+                    + " and transformers' AutoModelForCausalLM does not build it as a decoder-only causal LM "
+                    "(a newer transformers may know it)")
 
 
 def find_family_for_llm(model_type: str) -> Family | None:
-    """`family_for_llm`, or None for an LLM without an MGM family (plain-LLM training of any family)."""
-    try:
-        return family_for_llm(model_type)
-    except UserError:
-        return None
+    """The table row of a base or MGM `model_type`, or None (a derived row or no family: nothing to say
+    beyond what the base config says; `any_family` includes the derived rows)."""
+    for fam in FAMILIES:
+        if model_type in (fam.config_base.model_type, fam.model_type, fam.legacy_model_type):
+            return fam
+    return None

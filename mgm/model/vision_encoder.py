@@ -24,7 +24,8 @@ from mgm.model.settings import MGMSettings
 from mgm.model.vision.clip import CLIPVisionTower
 from mgm.model.vision.convnext import ConvNeXtSpec, ConvNeXtTower
 from mgm.model.vision.multiscale import MultiScaleMap, resize_map
-from mgm.model.vision.registry import clip_config_from, convnext_spec_from, missing_tower_error, resolve_tower_path
+from mgm.model.vision.kinds import build_lr_tower, hr_folder_state, hr_spec_from
+from mgm.model.vision.registry import missing_tower_error, resolve_tower_path
 
 CLIP_PREFIX = "model.vision_tower.vision_tower."
 AUX_PREFIX = "model.vision_tower_aux."
@@ -33,9 +34,12 @@ MINING_NAMES = ("vlm_uni_query_projector", "vlm_uni_aux_projector", "vlm_uni_val
 MODULE_NAMES = ("vision_tower", "mm_projector", "vision_tower_aux", *MINING_NAMES)
 
 
-def tokens_per_view(clip_config, settings: MGMSettings) -> int:
-    """Visual tokens of one LR view: P² patches (+1 with `cls_patch`)."""
-    return (clip_config.image_size // clip_config.patch_size) ** 2 + (1 if settings.select_feature == "cls_patch" else 0)
+def tokens_per_view(tower_config, settings: MGMSettings) -> int:
+    """Visual tokens of one LR view: P² patches (+1 with `cls_patch`). SigLIP 2 (NaFlex) configs give
+    `num_patches` instead of an image size."""
+    image_size = getattr(tower_config, "image_size", None)
+    patches = (image_size // tower_config.patch_size) ** 2 if image_size else int(tower_config.num_patches)
+    return patches + (1 if settings.select_feature == "cls_patch" else 0)
 
 
 class MGMVisionEncoder(nn.Module):
@@ -58,18 +62,18 @@ class MGMVisionEncoder(nn.Module):
         ckpt = CheckpointFiles(checkpoint_dir) if checkpoint_dir and Path(checkpoint_dir).is_dir() else None
 
         lr_dir = resolve_tower_path(s.vision_tower, checkpoint_dir, vision_tower_path)
-        clip_cfg = clip_config_from(lr_dir, s.vision_tower)
-        if clip_cfg is None:
+        tower = build_lr_tower(lr_dir, s.vision_tower, s)  # CLIP or SigLIP: the kind from the folder's config.json
+        if tower is None:
             raise missing_tower_error("LR (CLIP)", "mm_vision_tower", s.vision_tower, checkpoint_dir, vision_tower_path)
         self.tower_dirs: dict[str, Path | None] = {"vision_tower": lr_dir, "vision_tower_aux": None}
-        self.vision_tower = CLIPVisionTower(clip_cfg, s.select_layer, s.select_feature, s.optimize_vision_tower)
-        mm_hidden = s.mm_hidden_size or clip_cfg.hidden_size
+        self.vision_tower = tower
+        mm_hidden = s.mm_hidden_size or tower.hidden_size
         config.mm_hidden_size = mm_hidden
         self.mm_projector = build_vision_projector(s, mm_hidden, config.hidden_size)
         self.vision_tower_aux = None
         if s.has_aux:
             aux_dir = resolve_tower_path(s.vision_tower_aux, checkpoint_dir, vision_tower_aux_path)
-            spec = convnext_spec_from(aux_dir)
+            spec = hr_spec_from(aux_dir)  # timm or open_clip, from the folder's config files
             if spec is None and ckpt:
                 spec = ConvNeXtSpec.from_state_dict(ckpt.shapes(AUX_PREFIX + "vision_"), AUX_PREFIX + "vision_")
             if spec is None:
@@ -123,6 +127,7 @@ class MGMVisionEncoder(nn.Module):
             glob_feats = feats[batch * g * g:]
             if images_aux is not None:
                 hr = self.hr_features(images_aux, feats)
+                _check_windows(hr.shape[-2:], g * self.vision_tower.num_patches_per_side, s)
                 # The crops' windows tile the whole HR map: one mining call over a (g·P)² grid.
                 crop_feats = crop_feats + grid_to_crops(self.mine(crops_to_grid(crop_feats, g), hr), g)
                 if s.image_global:
@@ -134,7 +139,9 @@ class MGMVisionEncoder(nn.Module):
             return self.mm_projector(tokens)
         feats = self.vision_tower(images).to(dtype)
         if images_aux is not None and self.vision_tower_aux is not None:
-            feats = feats + self.mine(feats, self.hr_features(images_aux, feats))
+            hr = self.hr_features(images_aux, feats)
+            _check_windows(hr.shape[-2:], self.vision_tower.num_patches_per_side, s)
+            feats = feats + self.mine(feats, hr)
         return self.mm_projector(feats)
 
     # -- weights ------------------------------------------------------------------------------------------
@@ -171,7 +178,7 @@ class MGMVisionEncoder(nn.Module):
             aux_dir = self.tower_dirs["vision_tower_aux"]
             folder_state = None
             if not (s.optimize_vision_tower_aux and needed <= anywhere) and aux_dir is not None:
-                folder_state = _open_clip_folder_state(aux_dir)
+                folder_state = hr_folder_state(aux_dir)
             if folder_state:
                 self.vision_tower_aux.load_state_dict(folder_state, strict=True)
                 sources["vision_tower_aux"] = "folder"
@@ -186,18 +193,19 @@ class MGMVisionEncoder(nn.Module):
         """Fill both towers from their folders (training from a base LLM, docs/original.md#init-helpers)."""
         load_clip_folder(self.vision_tower, self.tower_dirs["vision_tower"])
         if self.vision_tower_aux is not None:
-            state = _open_clip_folder_state(self.tower_dirs["vision_tower_aux"])
+            state = hr_folder_state(self.tower_dirs["vision_tower_aux"])
             if state is None:
-                raise UserError(f"no open_clip weights in {self.tower_dirs['vision_tower_aux']}")
+                raise UserError(f"no open_clip or timm weights in {self.tower_dirs['vision_tower_aux']}")
             self.vision_tower_aux.load_state_dict(state, strict=True)
 
 
-def _open_clip_folder_state(folder: Path) -> dict | None:
-    from mgm.model.vision.convnext import strip_open_clip_state_dict
-    from mgm.model.vision.registry import load_open_clip_weights
-
-    raw = load_open_clip_weights(folder)
-    return strip_open_clip_state_dict(raw) if raw is not None else None
+def _check_windows(hr_size, grid: int, settings: MGMSettings) -> None:
+    """Mining gives each LR token an equal window of the HR map: its side must be a multiple of the LR grid."""
+    if any(side % grid for side in hr_size):
+        side = grid * 4
+        raise UserError(f"the HR map is {hr_size[0]}x{hr_size[1]} (image_size_aux {settings.image_size_aux} / 4) but the "
+                        f"LR tower gives {grid} tokens a side: mining needs whole windows, so choose image_size_aux "
+                        f"as a multiple of {side} (e.g. {side * max(1, round(settings.image_size_aux / side))})")
 
 
 def _has_hf_weights(folder: Path) -> bool:

@@ -98,6 +98,7 @@ class MGMProcessor(ProcessorMixin):
     @classmethod
     def from_checkpoint(cls, folder: str | Path, **kwargs) -> "MGMProcessor":
         """Build the processor of a checkpoint folder in mgm's layout (no processor files needed)."""
+        from mgm.chat_template_conversation import CHAT_TEMPLATE, hf_chat_template
         from mgm.profile import profile_for_checkpoint
 
         folder = Path(folder)
@@ -111,7 +112,11 @@ class MGMProcessor(ProcessorMixin):
         tokenizer = load_tokenizer(folder, family_for_llm(config.model_type).key, **tokenizer_kwargs)
         image_processor = MGMImageProcessor.from_model_config(config, folder)
         profile = profile_for_checkpoint(folder, config, tokenizer, image_processor)
-        templates = all_chat_templates(profile.template, profile.image_prefix)
+        if profile.template == CHAT_TEMPLATE:  # the LLM's own Jinja template the checkpoint was trained with
+            templates = all_chat_templates(None, profile.image_prefix)
+            templates["default"] = hf_chat_template(profile.conversation())
+        else:
+            templates = all_chat_templates(profile.template, profile.image_prefix)
         tokenizer.chat_template = dict(templates)  # tokenizer.apply_chat_template renders the same way
         processor = cls(image_processor, tokenizer, chat_template=templates)
         processor.profile = profile

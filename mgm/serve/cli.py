@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.conv_mode and args.conv_mode != profile.inferred_template:
         print(f"[WARNING] the auto inferred conversation mode is {profile.inferred_template}, while `--conv-mode` "
               f"is {args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
-    conv = profile.conversation()
+    conv = profile.conversation()  # chat_template: the checkpoint's recorded Jinja
     engine = InferenceEngine(tokenizer, model, processor, context_len, profile=profile)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, stop=list(profile.stop_strings))

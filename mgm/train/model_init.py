@@ -342,7 +342,8 @@ def register_zero3_external_parameters(model: nn.Module) -> None:
     tower = getattr(inner, "vision_tower", None)
     if tower is not None:
         emb = tower.vision_tower.vision_model.embeddings
-        for p in (emb.class_embedding, emb.position_embedding.weight):
+        # SigLIP has no class embedding
+        for p in filter(None, (getattr(emb, "class_embedding", None), emb.position_embedding.weight)):
             deepspeed.zero.register_external_parameter(tower, p)
     for name in MINING_NAMES[1:]:
         module = getattr(inner, name, None)
@@ -361,8 +362,9 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     """Model + tokenizer + image processor for this run, with the stage's trainable set applied."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mgm.chat_template_conversation import CHAT_TEMPLATE, JinjaConversation
     from mgm.data.tokenizer_setup import setup_tokenizer_for_version
-    from mgm.model.families import family_classes, family_for_llm, find_family_for_llm
+    from mgm.model.families import any_family, classes_for_model_type, family_classes, family_for_llm
 
     path = model_args.model_name_or_path
     if not path:
@@ -371,7 +373,9 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
         raise UserError(f"--bits {training_args.bits} quantises the LLM, which can then only be trained through "
                         "LoRA: add --lora_enable True")
     base_cfg = read_base_config(path, training_args.cache_dir)
-    is_mgm_checkpoint = base_cfg["model_type"] in family_classes()
+    base_family = any_family(base_cfg["model_type"])
+    is_mgm_checkpoint = base_cfg["model_type"] in family_classes() or (
+        base_family is not None and base_family.model_type == base_cfg["model_type"])  # an mgm_<type> one
     multimodal = bool(model_args.vision_tower or (is_mgm_checkpoint and base_cfg.get("mm_vision_tower")))
     data_args.is_multimodal = multimodal
     if model_args.tune_mm_mlp_adapter and not multimodal:
@@ -386,7 +390,7 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     family = None
     if multimodal:
         family = family_for_llm(base_cfg["model_type"])
-        config_cls, _, causal_cls = family_classes()[family.model_type]
+        config_cls, _, causal_cls = classes_for_model_type(family.model_type)
         values = {k: v for k, v in base_cfg.items() if k not in _DROP_KEYS}
         values.update(mgm_config_values(model_args, data_args, training_args, base_cfg))
         config = config_cls(**values)
@@ -394,8 +398,12 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     else:
         model = _quiet_load(AutoModelForCausalLM.from_pretrained, path, **load_kwargs)
     model.config.use_cache = False
-    known = family or find_family_for_llm(base_cfg["model_type"])
+    known = family or any_family(base_cfg["model_type"])
     leaves = known.zero3_leaf_modules if known else ()
+    if known is not None and known.model_type == known.legacy_model_type:  # a derived row: read off the model
+        from mgm.model.families import moe_leaf_types
+
+        leaves = moe_leaf_types(model)
     if zero3_enabled() and leaves:
         from deepspeed.utils import set_z3_leaf_modules
 
@@ -413,6 +421,9 @@ def build_training_setup(model_args, data_args, training_args, attn_implementati
     tokenizer = AutoTokenizer.from_pretrained(path, cache_dir=training_args.cache_dir,
                                               model_max_length=training_args.model_max_length, padding_side="right")
     tokenizer, template_name, _ = setup_tokenizer_for_version(tokenizer, model_args.version or "v0")
+    if template_name == CHAT_TEMPLATE:  # the checkpoint says which template it was trained with, and its text
+        model.config.conv_template = CHAT_TEMPLATE
+        model.config.conv_chat_template = JinjaConversation.from_tokenizer(tokenizer).chat_template
     grow_embeddings(model, tokenizer, mean_init=True)
 
     processor = None

@@ -46,8 +46,9 @@ class ConvNeXtSpec:
     depths: tuple[int, ...]
     dims: tuple[int, ...]
     drop_path_rate: float = 0.1
-    ls_init_value: float = 1e-6
+    ls_init_value: float | None = 1e-6  # None: no layer scale (ConvNeXt-V2)
     conv_mlp: bool = False
+    use_grn: bool = False  # ConvNeXt-V2's global response normalisation in the MLP
 
     @property
     def hidden_size(self) -> int:
@@ -99,7 +100,7 @@ class ConvNeXtTower(nn.Module):
         trunk = ConvNeXt(
             depths=spec.depths, dims=spec.dims, num_classes=0, global_pool="",
             drop_path_rate=spec.drop_path_rate if drop_path else 0.0,
-            ls_init_value=spec.ls_init_value, conv_mlp=spec.conv_mlp,
+            ls_init_value=spec.ls_init_value, conv_mlp=spec.conv_mlp, use_grn=spec.use_grn,
         )
         self.spec = spec
         self.trainable = trainable
