@@ -84,11 +84,6 @@ def register_derived_row(fam) -> tuple[type, type, type]:
         return config_cls, model_cls, causal_cls
 
 
-def derived_rows_registered() -> list:
-    with _lock:
-        return list(_derived.values())
-
-
 def _register_unknown(key) -> None:
     """The table's rows on the first unknown key; a derived row when `key` names one."""
     if not _registered:

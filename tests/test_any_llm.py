@@ -79,7 +79,7 @@ def _settings(**kw):
 def test_siglip_tower_matches_transformers(towers, kind):
     from transformers import SiglipModel, SiglipVisionModel
 
-    from mgm.model.arch import _load_clip_folder
+    from mgm.model.vision_encoder import load_clip_folder as _load_clip_folder
     from mgm.model.vision.kinds import build_lr_tower, lr_kind
 
     folder = towers[kind]
@@ -103,7 +103,7 @@ def test_siglip_tower_matches_transformers(towers, kind):
 def test_siglip2_tower_matches_transformers(tmp_path):
     from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
-    from mgm.model.arch import _load_clip_folder
+    from mgm.model.vision_encoder import load_clip_folder as _load_clip_folder
     from mgm.model.vision.kinds import build_lr_tower, lr_kind
 
     torch.manual_seed(0)

@@ -190,12 +190,18 @@ def register_conversion(fam: Family) -> None:
             cm.register_checkpoint_conversion_mapping(model_type, mapping)
 
 
+# Derived rows whose classes were built in this process (pickle finds generated classes by name).
+_DERIVED_BUILT: dict[str, Family] = {}
+
+
 def register_derived(fam: Family) -> tuple[type, type, type]:
-    """Register a derived row's classes with AutoConfig / AutoModelForCausalLM; returns its classes."""
+    """Register a derived row's classes with AutoConfig / AutoModelForCausalLM; returns its classes.
+    (mgm.registration adds the processor classes when transformers first looks the type up.)"""
     register_conversion(fam)
     config_cls, model_cls, causal_cls = _row_classes(fam)[fam.model_type]
     AutoConfig.register(fam.model_type, config_cls, exist_ok=True)
     AutoModelForCausalLM.register(config_cls, causal_cls, exist_ok=True)
+    _DERIVED_BUILT[fam.model_type] = fam
     return config_cls, model_cls, causal_cls
 
 
@@ -229,9 +235,7 @@ def __getattr__(name: str) -> type:
 
 def _derived_rows_built() -> list[Family]:
     """Derived rows whose classes exist in this process (pickle looks generated classes up by name)."""
-    from mgm.registration import derived_rows_registered
-
-    return derived_rows_registered()
+    return list(_DERIVED_BUILT.values())
 
 
 def classes_for_model_type(model_type: str) -> tuple[type, type, type]:
@@ -241,9 +245,7 @@ def classes_for_model_type(model_type: str) -> tuple[type, type, type]:
         return classes[model_type]
     fam = derived_family(model_type)
     if fam is not None and model_type == fam.model_type:
-        from mgm.registration import register_derived_row
-
-        return register_derived_row(fam)
+        return register_derived(fam)
     raise UserError(f"unknown model_type {model_type!r} in config.json; valid MGM model types: "
                     f"{', '.join(sorted(classes))}, or {DERIVED_PREFIX}<X> for any decoder-only LLM type X "
                     "that transformers' AutoModelForCausalLM builds")
