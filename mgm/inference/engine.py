@@ -61,6 +61,7 @@ class InferenceEngine:
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
+        self.caches = None  # EngineCaches once `use_caches` is called (mgm.inference.cached_prefill)
         self.eos_ids: list[int] = _as_list(tokenizer.eos_token_id)
         gen_config = getattr(model, "generation_config", None)
         for extra in _as_list(getattr(gen_config, "eos_token_id", None)):
@@ -87,6 +88,13 @@ class InferenceEngine:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
         if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in self.eos_ids:
             self.eos_ids.append(token_id)
+
+    def use_caches(self, image_bytes: int, prefix_bytes: int) -> None:
+        """Share an image-feature cache and a KV prefix cache (byte bounds, 0 = that cache off) among this
+        engine's streamed requests (`stream`, `ContinuousBatch`); prefills then go row by row through them."""
+        from mgm.inference.cached_prefill import EngineCaches
+
+        self.caches = EngineCaches(self, image_bytes, prefix_bytes)
 
     # -- inputs ---------------------------------------------------------------------------------------
     def encode_prompt(self, request: Request) -> torch.Tensor:
@@ -172,6 +180,11 @@ class InferenceEngine:
         """
         if request.params.num_beams != 1:
             yield self.generate([request])[0]
+            return
+        if self.caches is not None:  # one row of a continuous batch, prefilled through the caches
+            from mgm.inference.continuous import stream_row
+
+            yield from stream_row(self, request, cancel)
             return
         from mgm.inference.rows import generate_rows
 
