@@ -34,8 +34,8 @@ class EngineCaches:
         self.view = view_settings(engine.model, engine.image_processor) if engine.model.get_vision_tower() else ""
 
     def stats(self) -> dict[str, dict[str, int] | None]:
-        return {"image_features": self.features.stats() if self.features else None,
-                "prefix_kv": self.prefixes.stats() if self.prefixes else None}
+        return {"image_features": self.features.stats() if self.features is not None else None,
+                "prefix_kv": self.prefixes.stats() if self.prefixes is not None else None}
 
     def describe(self) -> str:
         """One log line: hits, misses and bytes of each cache."""
