@@ -22,7 +22,8 @@ def view_settings(model, image_processor) -> str:
     s = model.mgm_settings
     fields = (s.image_aspect_ratio, s.image_size_aux if s.has_aux else None, s.image_grid, s.image_global)
     proc = tuple(repr(getattr(image_processor, name, None))
-                 for name in ("crop_size", "size", "image_mean", "image_std", "do_normalize", "resample"))
+                 for name in ("crop_size", "size", "image_size_raw", "image_mean", "image_std", "resample",
+                               "rescale_factor", "do_resize", "do_center_crop", "do_rescale", "do_normalize"))
     return repr(fields + proc)
 
 
