@@ -1,8 +1,7 @@
 """Continuous batching: rows join and leave a running batch between decoding steps, sharing one KV cache."""
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -10,7 +9,7 @@ from mgm.inference.cached_prefill import RowKey, prefill_row, remember
 
 from mgm.inference.decoding import Row
 from mgm.inference.engine import InferenceEngine, check_context, request_token_count
-from mgm.inference.requests import Request
+from mgm.inference.requests import Request, RowResult
 from mgm.inference.sampling import sample_next, sampling_top_k
 from mgm.model.arch import output_cache
 from mgm.model.kv_cache import growing_cache
@@ -184,23 +183,19 @@ class ContinuousBatch:
         self.rows = [self.rows[i] for i in keep]
 
 
-def stream_row(engine: InferenceEngine, request: Request, cancel: threading.Event | None = None) -> Iterator[str]:
-    """Text pieces of one request decoded as a one-row `ContinuousBatch` on the caller's thread
-    (`InferenceEngine.stream` with caches on); closing the generator, or `cancel`, ends the row."""
-    cancel = cancel if cancel is not None else threading.Event()
-    pieces: list[str] = []
+
+def decode_row(engine: InferenceEngine, request: Request, on_text: Callable[[str], None],
+               cancelled: Callable[[], bool]) -> RowResult:
+    """Generate one request as a one-row `ContinuousBatch` (`InferenceEngine.stream` with caches on):
+    `on_text` gets each piece, `cancelled()` is polled every step."""
     room = check_context(engine, request_token_count(engine, request))
     batch = ContinuousBatch(engine)
-    row = batch.new_row(request, on_text=pieces.append, cancelled=cancel.is_set,
+    row = batch.new_row(request, on_text=on_text, cancelled=cancelled,
                         max_tokens=max(1, min(request.params.max_new_tokens, room)))
     try:
         batch.add([row])
-        while True:
-            yield from pieces
-            pieces.clear()
-            if row.done:
-                return
+        while not row.done:
             batch.step()
     finally:
-        cancel.set()
         batch.cancel_all()
+    return row.result

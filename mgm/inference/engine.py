@@ -181,11 +181,6 @@ class InferenceEngine:
         if request.params.num_beams != 1:
             yield self.generate([request])[0]
             return
-        if self.caches is not None:  # one row of a continuous batch, prefilled through the caches
-            from mgm.inference.continuous import stream_row
-
-            yield from stream_row(self, request, cancel)
-            return
         from mgm.inference.rows import generate_rows
 
         cancel = cancel if cancel is not None else threading.Event()
@@ -194,8 +189,13 @@ class InferenceEngine:
 
         def run() -> None:
             try:
-                generate_rows(self, [request], on_text=lambda i, piece: pieces.put(piece),
-                              cancelled=lambda i: cancel.is_set())
+                if self.caches is not None:  # one row of a continuous batch, prefilled through the caches
+                    from mgm.inference.continuous import decode_row
+
+                    decode_row(self, request, on_text=pieces.put, cancelled=cancel.is_set)
+                else:
+                    generate_rows(self, [request], on_text=lambda i, piece: pieces.put(piece),
+                                  cancelled=lambda i: cancel.is_set())
             except BaseException as exc:  # surfaced to the consumer below
                 pieces.put(exc)
             pieces.put(end)
