@@ -77,20 +77,19 @@ class ContinuousBatch:
         self._route(tokens, rows)
 
     def _add_cached(self, rows: list[Row]) -> list[Row]:
-        """Prefill rows one by one through the engine's caches and join them; returns the rows that
-        need the ordinary batched prefill."""
-        rest = []
-        for row in rows:
-            done = prefill_row(self.engine, row.request)
+        """Prefill rows one by one through the engine's caches, then join them; returns the rows that
+        need the ordinary batched prefill. All or nothing, as a batched prefill: if one prefill fails,
+        no row has joined (the batcher then retries them one by one, cheaply: the KV is cached)."""
+        prefilled = [(row, prefill_row(self.engine, row.request)) for row in rows]
+        for row, done in prefilled:
             if done is None:
-                rest.append(row)
                 continue
             with torch.inference_mode():
                 tokens = self._sample(done.logits, [row])
             self._keys[id(row)] = done.row_key
             self._join(done.cache, done.mask, done.next_position, tokens, [row])
             self._route(tokens, [row])
-        return rest
+        return [row for row, done in prefilled if done is None]
 
     def step(self) -> None:
         """Decode one token for every running row (cancelled rows leave first)."""
