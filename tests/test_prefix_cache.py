@@ -204,3 +204,33 @@ def test_memory_stays_under_the_bounds_for_a_stream_of_distinct_images(loaded_mo
     assert stats["image_features"]["misses"] == 6 and stats["image_features"]["entries"] == 3
     assert 1 <= stats["prefix_kv"]["entries"] <= 2  # each chat's KV is about 0.42 MB here
     assert view_settings(engine.model, engine.image_processor)  # HD settings are part of the key
+
+
+def test_a_failing_row_fails_alone_in_the_batcher(loaded_models):
+    """A prefill that raises joins nothing; the batcher's one-by-one retry then serves the good rows once."""
+    import io
+
+    from mgm.inference import DynamicBatcher
+
+    loaded = loaded_models("MGM-Tiny-Vicuna")
+    engine = _engine(loaded, caches=True)
+    conv = _conv(engine)
+    conv.append_message(conv.roles[0], "<image>\n" + QUESTIONS[0])
+    conv.append_message(conv.roles[1], None)
+    good = Request(conv.get_prompt(), [_image(5)], _params(conv))
+    expected = "".join(_engine(loaded, caches=False).stream(good)).strip()
+    png = io.BytesIO()
+    _image(6).save(png, format="PNG")
+    truncated = Image.open(io.BytesIO(png.getvalue()[: len(png.getvalue()) // 2]))  # lazily decoded: fails at prefill
+    with DynamicBatcher(engine, max_batch_size=4, batch_window=0.5) as batcher:
+        tickets = [batcher.submit(Request(good.prompt, [_image(5)], _params(conv))),
+                   batcher.submit(Request(good.prompt, [truncated], _params(conv))),
+                   batcher.submit(Request(good.prompt, [_image(5)], _params(conv)))]
+        texts = []
+        for ticket in tickets:
+            try:
+                texts.append("".join(ticket.iter_text()).strip())
+            except OSError as exc:
+                texts.append(type(exc).__name__)
+    assert texts == [expected, "OSError", expected]
+    assert batcher.rows_run == 2  # each good row joined once
