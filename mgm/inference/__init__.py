@@ -7,7 +7,9 @@ Modules by role:
 - `decoding`: incremental decoding and stop strings (`Row`);
 - `rows`: `generate_rows`, many rows with their own parameters in one `model.generate` call;
 - `continuous`: `ContinuousBatch`, rows joining and leaving a running batch between steps;
-- `tickets` / `batcher`: `Ticket` and `DynamicBatcher`, request batching for the servers.
+- `tickets` / `batcher`: `Ticket` and `DynamicBatcher`, request batching for the servers;
+- `feature_cache` / `prefix_cache` / `cached_prefill`: image features by content and KV by shared prefix,
+  reused by `ContinuousBatch` and `stream` once `InferenceEngine.use_caches` is called.
 """
 from mgm.inference.batcher import DynamicBatcher
 from mgm.inference.continuous import ContinuousBatch

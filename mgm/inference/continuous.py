@@ -6,7 +6,6 @@ from collections.abc import Callable
 import torch
 
 from mgm.inference.cached_prefill import RowKey, prefill_row, remember
-
 from mgm.inference.decoding import Row
 from mgm.inference.engine import InferenceEngine, check_context, request_token_count
 from mgm.inference.requests import Request, RowResult
@@ -24,6 +23,8 @@ class ContinuousBatch:
     running rows; rows keep their own position ids. Leaving rows are cut out of the cache and the
     leading columns no row needs any more are trimmed. Sampling is per row (`mgm.inference.sampling`);
     other generation-config processors (repetition penalty, ...) are not applied.
+    With the engine's caches on (`InferenceEngine.use_caches`), joining rows are prefilled one by one
+    through them (`mgm.inference.cached_prefill`) and leaving rows hand their KV to the prefix cache.
     Shapes: mask [B, L] (1 = real token), positions / next_tokens [B], cache layers [B, heads, L, dim].
     """
 
@@ -180,7 +181,6 @@ class ContinuousBatch:
         self.positions = self.positions.index_select(0, index)
         self.next_tokens = self.next_tokens.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
-
 
 
 def decode_row(engine: InferenceEngine, request: Request, on_text: Callable[[str], None],
