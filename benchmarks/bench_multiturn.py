@@ -62,8 +62,9 @@ def build_engine(model, tokenizer, processor, caches: bool, image_mb: int, prefi
     return engine
 
 
-def serve(engine):
-    """A model worker around `engine` on a free 127.0.0.1 port (uvicorn in a thread, not registered)."""
+def serve(engine, image_mb: int, prefix_mb: int):
+    """A model worker around `engine` on a free 127.0.0.1 port (uvicorn in a thread, not registered),
+    with these cache flags (both 0: the caches off, as `--no-prefix-cache --image-cache-mb 0`)."""
     import socket
     import threading
 
@@ -76,7 +77,8 @@ def serve(engine):
         port = sock.getsockname()[1]
     settings = WorkerSettings(model_path="(in memory)", model_name="bench", port=port, no_register=True,
                               worker_address=f"http://127.0.0.1:{port}", max_image_pixels=4096 * 4096,
-                              max_image_bytes=64 << 20, max_body_bytes=128 << 20)
+                              max_image_bytes=64 << 20, max_body_bytes=128 << 20, image_cache_mb=image_mb,
+                              prefix_cache_mb=prefix_mb, no_prefix_cache=prefix_mb == 0)
     worker = ModelWorker(settings, engine, model_name="bench", conv_mode="vicuna_v1")
     server = uvicorn.Server(uvicorn.Config(create_app(worker), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -88,11 +90,11 @@ def serve(engine):
     return worker, server, thread
 
 
-def chat_v1(engine, image, max_tokens: int) -> dict:
+def chat_v1(engine, image, max_tokens: int, image_mb: int, prefix_mb: int) -> dict:
     """4 turns plus a new conversation through the worker's /v1 (streaming): TTFT and answers."""
     import httpx
 
-    worker, server, thread = serve(engine)
+    worker, server, thread = serve(engine, image_mb, prefix_mb)
     url = data_url(image)
 
     def ask(messages) -> tuple[float, str]:
@@ -132,7 +134,7 @@ def chat_v1(engine, image, max_tokens: int) -> dict:
         thread.join(timeout=30)
 
 
-def chat_cli(engine, image, max_tokens: int) -> dict:
+def chat_cli(engine, image, max_tokens: int, image_mb: int, prefix_mb: int) -> dict:
     """The same through `engine.stream` and the conversation `mgm chat` keeps."""
     from mgm.conversation import conv_templates
     from mgm.inference import GenerationParams, Request
@@ -170,15 +172,19 @@ def run_variant(model, tokenizer, processor, image, args) -> dict:
         result: dict = {}
 
         def both(result: dict = result, caches: bool = caches, label: str = label) -> None:
+            image_mb, prefix_mb = (args.image_cache_mb, args.prefix_cache_mb) if caches else (0, 0)
             for path, fn in (("v1", chat_v1), ("cli", chat_cli)):
-                engine = build_engine(model, tokenizer, processor, caches, args.image_cache_mb, args.prefix_cache_mb)
-                result[path] = fn(engine, image, args.max_tokens)
+                if path not in args.paths.split(","):
+                    continue
+                engine = build_engine(model, tokenizer, processor, caches, image_mb, prefix_mb)
+                result[path] = fn(engine, image, args.max_tokens, image_mb, prefix_mb)
+                assert (engine.caches is not None) == caches, "the caches-off baseline must run without caches"
                 result[path]["caches"] = engine.caches.stats() if engine.caches is not None else None
                 progress(f"{label} {path}", result[path]["ttft"] + [result[path]["new_conversation"]])
 
         result["peak_rss_mib"], result["rss_growth_mib"] = peak_rss_mib(both)
         out[label] = result
-    for path in ("v1", "cli"):
+    for path in args.paths.split(","):
         on, off = out["on"][path], out["off"][path]
         out[path] = {
             "turns_2_4_over_turn_1": [t / on["ttft"][0] for t in on["ttft"][1:]],
@@ -200,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python benchmarks/bench_multiturn.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test; numbers mean nothing)")
     p.add_argument("--variants", default="base,hd", help="base, hd or both (default base,hd)")
+    p.add_argument("--paths", default="v1,cli", help="v1, cli or both (default v1,cli)")
     p.add_argument("--max-tokens", type=int, default=16, help="new tokens per answer (default 16)")
     p.add_argument("--image-cache-mb", type=int, default=256, help="image-feature cache bound (default 256)")
     p.add_argument("--prefix-cache-mb", type=int, default=1024, help="KV prefix cache bound (default 1024)")
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':>7} {'path':>4} {'caches':>6} {'TTFT t1..t4 (s)':>30} {'new conv':>9}")
     for variant in args.variants.split(","):
         r = results[variant]
-        for path in ("v1", "cli"):
+        for path in args.paths.split(","):
             for label in ("off", "on"):
                 run = r[label][path]
                 print(f"{variant:>7} {path:>4} {label:>6} {' '.join(f'{t:7.2f}' for t in run['ttft']):>30} "
@@ -248,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"identical tokens: {x['identical_tokens']}")
         print(f"{'':>7} peak RSS off {r['off']['peak_rss_mib']:.0f} MiB, on {r['on']['peak_rss_mib']:.0f} MiB "
               f"(+{r['peak_rss_on_minus_off_mib']:.0f} MiB; bounds {r['cache_bound_mib']} MiB); "
-              f"cache bytes after v1: {json.dumps(r['on']['v1']['caches'])}")
+              f"caches after the on run: {json.dumps({p: r['on'][p]['caches'] for p in args.paths.split(',')})}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    ok = all(results[v][p]["identical_tokens"] for v in args.variants.split(",") for p in ("v1", "cli"))
+    ok = all(results[v][p]["identical_tokens"] for v in args.variants.split(",") for p in args.paths.split(","))
     return 0 if ok else 1
 
 
