@@ -3,9 +3,21 @@ the caches on as with them off, reuses the earlier turns' KV and the image's fea
 status reports the counters; the flags parse and refuse negative sizes."""
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
-from serving_helpers import TINY_MODEL, build_zoo, data_url, load_engine, make_worker, model_path, start_worker
+from serving_helpers import (
+    TINY_MODEL,
+    build_zoo,
+    data_url,
+    image_b64,
+    load_engine,
+    make_worker,
+    model_path,
+    start_worker,
+    vicuna_prompt,
+)
 
 from mgm.errors import UserError
 from mgm.serve.worker_settings import parse_settings
@@ -33,6 +45,16 @@ def _chat(url: str, turns: int = 3, image: str | None = None) -> list[str]:
     return answers
 
 
+def _original(url: str) -> str:
+    """One request of the original protocol (what the web demo sends), its final text."""
+    payload = {"prompt": vicuna_prompt("What is in the image?"), "images": [image_b64()], "temperature": 0,
+               "max_new_tokens": 8, "stop": "</s>"}
+    with httpx.stream("POST", url + "/worker_generate_stream", json=payload, trust_env=False, timeout=120) as r:
+        chunks = [json.loads(c) for c in r.read().split(b"\0") if c]
+    assert chunks and chunks[-1]["error_code"] == 0
+    return chunks[-1]["text"]
+
+
 def _status(url: str) -> dict:
     return httpx.post(url + "/worker_get_status", trust_env=False).json()
 
@@ -47,11 +69,17 @@ def test_v1_chat_with_history_resent_is_identical_and_hits_the_caches(tmp_path_f
         try:
             answers[label] = _chat(server.url)
             status = _status(server.url)
+            answers[label + " original"] = [_original(server.url) for _ in range(2)]
+            after_original = _status(server.url)
         finally:
             server.stop()
         if label == "off":
             assert engine.caches is None and status["caches"] is None
-    assert answers["on"] == answers["off"]
+    assert answers["on"] == answers["off"] and answers["on original"] == answers["off original"]
+    # the original protocol (the web demo's) shares them: its first request met the /v1 chat's image
+    # features and prefix, the second its own whole prompt
+    after = after_original["caches"]
+    assert after["prefix_kv"]["hits"] == 4 and after["image_features"]["misses"] == 1
     caches = status["caches"]
     assert caches["prefix_kv"]["hits"] == 2 and caches["prefix_kv"]["misses"] == 1
     assert caches["prefix_kv"]["reused_tokens"] > 2 * engine.num_image_tokens()
