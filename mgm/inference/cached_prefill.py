@@ -16,7 +16,7 @@ import torch
 from mgm.constants import IMAGE_TOKEN_INDEX
 from mgm.inference.feature_cache import FeatureCache, image_key, view_settings
 from mgm.inference.prefix_cache import Item, PrefixCache, expanded_length
-from mgm.model.arch import output_cache
+from mgm.model.arch import cache_keyword, output_cache
 from mgm.model.kv_cache import growing_cache
 
 MiB = 1 << 20
@@ -144,7 +144,7 @@ def prefill_row(engine, request) -> Prefilled | None:
         mask = torch.ones((1, length), dtype=torch.long, device=embeds.device)
         positions = torch.arange(reused, length, device=embeds.device)[None]
         out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_keyword(): cache})
         cache = output_cache(out)
     if caches.prefixes is not None:
         caches.prefixes.count_prefill(reused, length - reused)
