@@ -7,7 +7,9 @@ Modules by role:
 - `decoding`: incremental decoding and stop strings (`Row`);
 - `rows`: `generate_rows`, many rows with their own parameters in one `model.generate` call;
 - `continuous`: `ContinuousBatch`, rows joining and leaving a running batch between steps;
-- `tickets` / `batcher`: `Ticket` and `DynamicBatcher`, request batching for the servers.
+- `tickets` / `batcher`: `Ticket` and `DynamicBatcher`, request batching for the servers;
+- `feature_cache` / `prefix_cache` / `cached_prefill`: image features by content and KV by shared prefix,
+  reused by `ContinuousBatch` and `stream` once `InferenceEngine.use_caches` is called.
 
 The names below are loaded on first use (PEP 562): importing one light submodule, such as `sampling`
 for the servers' request checks, runs this file too, and must not load torch and the model code.

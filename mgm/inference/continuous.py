@@ -1,11 +1,14 @@
 """Continuous batching: rows join and leave a running batch between decoding steps, sharing one KV cache."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from mgm.inference.cached_prefill import RowKey, prefill_row, remember
 from mgm.inference.decoding import Row
-from mgm.inference.engine import InferenceEngine
-from mgm.inference.requests import Request
+from mgm.inference.engine import InferenceEngine, check_context, request_token_count
+from mgm.inference.requests import Request, RowResult
 from mgm.inference.sampling import sample_next, sampling_top_k
 from mgm.model.arch import output_cache
 from mgm.model.kv_cache import growing_cache
@@ -20,6 +23,8 @@ class ContinuousBatch:
     running rows; rows keep their own position ids. Leaving rows are cut out of the cache and the
     leading columns no row needs any more are trimmed. Sampling is per row (`mgm.inference.sampling`);
     other generation-config processors (repetition penalty, ...) are not applied.
+    With the engine's caches on (`InferenceEngine.use_caches`), joining rows are prefilled one by one
+    through them (`mgm.inference.cached_prefill`) and leaving rows hand their KV to the prefix cache.
     Shapes: mask [B, L] (1 = real token), positions / next_tokens [B], cache layers [B, heads, L, dim].
     """
 
@@ -31,6 +36,7 @@ class ContinuousBatch:
         self.positions: torch.Tensor | None = None
         self.next_tokens: torch.Tensor | None = None
         self.top_k = sampling_top_k(engine.model)
+        self._keys: dict[int, RowKey] = {}  # rows prefilled through the engine's caches, by id(row)
 
     @property
     def size(self) -> int:
@@ -48,6 +54,10 @@ class ContinuousBatch:
         """Prefill `rows` together and join them to the running batch (their first token is routed)."""
         if not rows:
             return
+        if self.engine.caches is not None:
+            rows = self._add_cached(rows)
+            if not rows:
+                return
         engine, model = self.engine, self.engine.model
         inputs = engine.batch_inputs([row.request for row in rows])
         with engine.lock, torch.inference_mode():
@@ -66,6 +76,21 @@ class ContinuousBatch:
             tokens = self._sample(out.logits[:, -1, :], rows)
         self._join(output_cache(out), new_mask, new_mask.sum(-1), tokens, rows)
         self._route(tokens, rows)
+
+    def _add_cached(self, rows: list[Row]) -> list[Row]:
+        """Prefill rows one by one through the engine's caches, then join them; returns the rows that
+        need the ordinary batched prefill. All or nothing, as a batched prefill: if one prefill fails,
+        no row has joined (the batcher then retries them one by one, cheaply: the KV is cached)."""
+        prefilled = [(row, prefill_row(self.engine, row.request)) for row in rows]
+        for row, done in prefilled:
+            if done is None:
+                continue
+            with torch.inference_mode():
+                tokens = self._sample(done.logits, [row])
+            self._keys[id(row)] = done.row_key
+            self._join(done.cache, done.mask, done.next_position, tokens, [row])
+            self._route(tokens, [row])
+        return [row for row, done in prefilled if done is None]
 
     def step(self) -> None:
         """Decode one token for every running row (cancelled rows leave first)."""
@@ -102,10 +127,13 @@ class ContinuousBatch:
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _route(self, tokens: torch.Tensor, rows: list[Row]) -> None:
         for row, token in zip(rows, tokens.tolist()):
+            if (key := self._keys.get(id(row))) is not None:
+                key.generated.append(token)
             row.push(token)
         self._leave()
 
     def _reset(self) -> None:
+        self._keys.clear()
         self.cache = self.mask = self.positions = self.next_tokens = None
 
     def _join(self, cache, mask: torch.Tensor, next_positions: torch.Tensor, tokens: torch.Tensor,
@@ -136,6 +164,9 @@ class ContinuousBatch:
         if all(not row.done for row in self.rows):
             return
         keep = [i for i, row in enumerate(self.rows) if not row.done]
+        for i, row in enumerate(self.rows):  # finished rows leave their KV to the prefix cache
+            if row.done and (key := self._keys.pop(id(row), None)) is not None:
+                remember(self.engine, key, self.cache, i, int(self.mask[i].sum()))
         if not keep:
             self.rows = []
             self._reset()
@@ -150,3 +181,20 @@ class ContinuousBatch:
         self.positions = self.positions.index_select(0, index)
         self.next_tokens = self.next_tokens.index_select(0, index)
         self.rows = [self.rows[i] for i in keep]
+
+
+def decode_row(engine: InferenceEngine, request: Request, on_text: Callable[[str], None],
+               cancelled: Callable[[], bool]) -> RowResult:
+    """Generate one request as a one-row `ContinuousBatch` (`InferenceEngine.stream` with caches on):
+    `on_text` gets each piece, `cancelled()` is polled every step."""
+    room = check_context(engine, request_token_count(engine, request))
+    batch = ContinuousBatch(engine)
+    row = batch.new_row(request, on_text=on_text, cancelled=cancelled,
+                        max_tokens=max(1, min(request.params.max_new_tokens, room)))
+    try:
+        batch.add([row])
+        while not row.done:
+            batch.step()
+    finally:
+        batch.cancel_all()
+    return row.result

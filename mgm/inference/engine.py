@@ -58,6 +58,7 @@ class InferenceEngine:
         self.image_processor = image_processor
         self.context_len = context_len
         self.lock = threading.Lock()  # one forward pass at a time on a model
+        self.caches = None  # EngineCaches once `use_caches` is called (mgm.inference.cached_prefill)
         if profile is None:
             profile = getattr(model, "mgm_profile", None) or profile_for_model(model, tokenizer, image_processor)
         self.profile = profile
@@ -83,6 +84,13 @@ class InferenceEngine:
         token_id = single_token_id(self.tokenizer, token)
         if token_id is not None and token_id not in self.eos_ids:
             self.eos_ids.append(token_id)
+
+    def use_caches(self, image_bytes: int, prefix_bytes: int) -> None:
+        """Share an image-feature cache and a KV prefix cache (byte bounds, 0 = that cache off) among this
+        engine's streamed requests (`stream`, `ContinuousBatch`); prefills then go row by row through them."""
+        from mgm.inference.cached_prefill import EngineCaches
+
+        self.caches = EngineCaches(self, image_bytes, prefix_bytes)
 
     # -- inputs ---------------------------------------------------------------------------------------
     def encode_prompt(self, request: Request) -> torch.Tensor:
@@ -173,8 +181,13 @@ class InferenceEngine:
 
         def run() -> None:
             try:
-                generate_rows(self, [request], on_text=lambda i, piece: pieces.put(piece),
-                              cancelled=lambda i: cancel.is_set())
+                if self.caches is not None:  # one row of a continuous batch, prefilled through the caches
+                    from mgm.inference.continuous import decode_row
+
+                    decode_row(self, request, on_text=pieces.put, cancelled=cancel.is_set)
+                else:
+                    generate_rows(self, [request], on_text=lambda i, piece: pieces.put(piece),
+                                  cancelled=lambda i: cancel.is_set())
             except BaseException as exc:  # surfaced to the consumer below
                 pieces.put(exc)
             pieces.put(end)

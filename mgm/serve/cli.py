@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-file", default="generate.png", help="where --gen saves the image")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--debug", action="store_true", help="print the prompt and raw output of every turn")
+    p.add_argument("--image-cache-mb", type=int, default=256,
+                   help="image features kept by content between turns (MiB; 0 = off; default 256)")
+    p.add_argument("--prefix-cache-mb", type=int, default=1024,
+                   help="KV of the conversation so far kept between turns, so a turn prefills only its new "
+                        "message (MiB; default 1024)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="re-prefill the whole conversation every turn")
     return p
 
 
@@ -51,6 +57,9 @@ def check_args(args: argparse.Namespace) -> None:
     """UserError naming the flag for values generation would fail on (or silently misuse) later."""
     if args.load_8bit and args.load_4bit:
         raise UserError("--load-8bit and --load-4bit are mutually exclusive")
+    for flag, value in (("--image-cache-mb", args.image_cache_mb), ("--prefix-cache-mb", args.prefix_cache_mb)):
+        if value < 0:
+            raise UserError(f"{flag} must be >= 0 (0 = off), got {value}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not 0 <= args.temperature <= MAX_TEMPERATURE:
@@ -132,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
               f"is {args.conv_mode}, using {args.conv_mode}", file=sys.stderr)
     conv = profile.conversation()  # chat_template: the checkpoint's recorded Jinja
     engine = InferenceEngine(tokenizer, model, processor, context_len, profile=profile)
+    prefix_mb = 0 if args.no_prefix_cache else args.prefix_cache_mb
+    if args.image_cache_mb or prefix_mb:  # the conversation's features and KV, kept between turns
+        engine.use_caches(args.image_cache_mb << 20, prefix_mb << 20)
     params = GenerationParams(temperature=args.temperature, top_p=args.top_p,
                               max_new_tokens=args.max_new_tokens, stop=list(profile.stop_strings))
 

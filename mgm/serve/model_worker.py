@@ -27,6 +27,10 @@ Additions: OpenAI-compatible `POST /v1/chat/completions` and `GET /v1/models` (m
 - a client that disconnects stops its generation; the worker keeps serving the others;
 - each request's cost is bounded before it queues (mgm.serve.limits: stop strings, images, pixels per
   request), images are decoded only once it holds a slot, an over-long prompt is a 400 (not echoed back).
+- images are encoded once per content and the KV of earlier prompts and answers is reused by requests
+  that start the same way (a chat resending its history prefills only its new message;
+  mgm.inference.cached_prefill); `--image-cache-mb`, `--prefix-cache-mb`, `--no-prefix-cache` bound or
+  turn them off, and `/worker_get_status` reports their hits, misses and bytes under `caches`.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ import contextlib
 import functools
 import io
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -194,6 +199,9 @@ class ModelWorker:
                                       logger=self.logger, continuous=settings.batching == "continuous")
         for stop in engine.profile.with_template(conv_mode).stop_strings:
             engine.add_eos_token(stop)  # e.g. <|eot_id|> for llama_3, <|im_end|> for ChatML
+        if engine.caches is None and settings.batching == "continuous" and any(settings.cache_bytes):
+            engine.use_caches(*settings.cache_bytes)  # shared by both protocols (and the web demo behind them)
+        self._caches_logged = (0.0, None)  # (when, what) the cache counters were last logged
         self.chunk_interval = settings.chunk_interval
         self.max_prompt_chars = prompt_char_limit(engine)
         self._in_flight = 0  # requests waiting for a slot or generating (the heart beat's queue_length)
@@ -254,7 +262,17 @@ class ModelWorker:
                 "conv_template": self.conv_mode, "ocr": self.ocr is not None, "gen": self.pipe is not None,
                 "max_prompt_chars": self.max_prompt_chars, "max_stop_strings": self.limits.max_stop_strings,
                 "max_stop_chars": self.limits.max_stop_chars, "max_images": self.limits.max_images,
-                "batching": self.batcher.stats()}
+                "batching": self.batcher.stats(),
+                "caches": self.engine.caches.stats() if self.engine.caches is not None else None}
+
+    def log_caches(self, every: float = 10.0) -> None:
+        """Log the caches' hits, misses and bytes when they changed, at most once per `every` seconds."""
+        if self.engine.caches is None:
+            return
+        line, (when, last) = self.engine.caches.describe(), self._caches_logged
+        if line != last and time.monotonic() - when >= every:
+            self._caches_logged = (time.monotonic(), line)
+            self.logger.info("caches: %s", line)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -269,6 +287,7 @@ class ModelWorker:
         finally:
             self._in_flight -= 1
             self._beat_now()  # ... and when it ends
+            self.log_caches()
 
     def submit(self, request: EngineRequest) -> Ticket:
         return self.batcher.submit_async(request)

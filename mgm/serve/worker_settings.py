@@ -74,8 +74,14 @@ class WorkerSettings:
     gen_cpu_offload: bool = False
     num_threads: int | None = None
     log_dir: str | None = None
+    image_cache_mb: int = 256
+    prefix_cache_mb: int = 1024
+    no_prefix_cache: bool = False
 
     def __post_init__(self) -> None:
+        for flag, value in (("--image-cache-mb", self.image_cache_mb), ("--prefix-cache-mb", self.prefix_cache_mb)):
+            if value < 0:
+                raise UserError(f"{flag} must be >= 0 (0 = off), got {value}")
         if self.load_8bit and self.load_4bit:
             raise UserError("--load-8bit and --load-4bit are mutually exclusive")
         if self.limit_model_concurrency < 1:
@@ -119,6 +125,11 @@ class WorkerSettings:
     @property
     def batch_size(self) -> int:
         return self.max_batch_size or self.limit_model_concurrency
+
+    @property
+    def cache_bytes(self) -> tuple[int, int]:
+        """(image-feature cache, KV prefix cache) bounds in bytes; 0 = off."""
+        return self.image_cache_mb << 20, 0 if self.no_prefix_cache else self.prefix_cache_mb << 20
 
 
 
@@ -202,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice). On a shared or small CPU, 1 avoids "
                         "OpenMP threads fighting other processes")
+    p.add_argument("--image-cache-mb", type=int, default=256,
+                   help="image features kept by content, so a resent image is not encoded again "
+                        "(MiB, least recently used out; 0 = off; default 256; continuous batching)")
+    p.add_argument("--prefix-cache-mb", type=int, default=1024,
+                   help="KV of prompts and answers kept for requests that start the same way, e.g. a chat's "
+                        "next turn (MiB, least recently used out; default 1024; continuous batching)")
+    p.add_argument("--no-prefix-cache", action="store_true", help="do not reuse KV prefixes (--prefix-cache-mb 0)")
     p.add_argument("--log-dir", default=None, help="folder for model_worker_<id>.log (default: $MGM_LOGDIR, else ~/.local/state/mgm/logs)")
     return p
 
@@ -227,4 +245,5 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
         max_stop_strings=a.max_stop_strings, max_stop_chars=a.max_stop_chars, max_images=a.max_images,
         max_request_pixels=a.max_request_pixels, body_timeout=a.body_timeout,
         ocr=a.ocr, ocr_backend=a.ocr_backend, gen=a.gen, gen_model_path=a.gen_model_path,
-        gen_cpu_offload=a.gen_cpu_offload, num_threads=a.num_threads, log_dir=a.log_dir)
+        gen_cpu_offload=a.gen_cpu_offload, num_threads=a.num_threads, log_dir=a.log_dir,
+        image_cache_mb=a.image_cache_mb, prefix_cache_mb=a.prefix_cache_mb, no_prefix_cache=a.no_prefix_cache)
