@@ -208,7 +208,7 @@ def choose_template(config: Any, tokenizer: Any, explicit: str | None = None) ->
 
 def resolve_profile(config: Any, tokenizer: Any, *, clip_config: Any = None, generation_eos: Any = None,
                     image_processor: Any = None, template: str | None = None,
-                    context_limit: int | None = None) -> ModelProfile:
+                    context_limit: int | None = None, image_tokens: int | None = None) -> ModelProfile:
     """The profile of a checkpoint from its config, tokenizer, CLIP tower config and generation config.
 
     generation_eos: `generation_config.eos_token_id` (int, list or None); context_limit: a smaller
@@ -228,7 +228,8 @@ def resolve_profile(config: Any, tokenizer: Any, *, clip_config: Any = None, gen
         template=chosen, inferred_template=inferred, stop_strings=stops, eos_ids=eos, model_eos_ids=tuple(model_eos),
         pad_id=pad_id_for(tokenizer, eos),
         context_limit=int(context_limit) if context_limit else context_limit_of(config),
-        tokens_per_image=tokens_per_image(config, clip_config), image_prefix=image_prefix_of(config),
+        tokens_per_image=image_tokens if image_tokens is not None else tokens_per_image(config, clip_config),
+        image_prefix=image_prefix_of(config),
         tokenizer=tokenizer, image_processor=image_processor, chat_template=jinja)
 
 
@@ -236,9 +237,12 @@ def profile_for_model(model: Any, tokenizer: Any, image_processor: Any = None,
                       template: str | None = None) -> ModelProfile:
     """The profile of a model built in this process (its tower's config, its generation config)."""
     tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
+    # the live encoder's count: its settings are the model's (a caller may switch them, e.g. to HD views)
+    encoder = getattr(model.get_model(), "vision_encoder", None) if hasattr(model, "get_model") else None
     return resolve_profile(model.config, tokenizer, clip_config=getattr(tower, "config", None),
                            generation_eos=getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-                           image_processor=image_processor, template=template)
+                           image_processor=image_processor, template=template,
+                           image_tokens=encoder.tokens_per_image if encoder is not None else None)
 
 
 def profile_for_checkpoint(folder: str | Path, config: Any, tokenizer: Any, image_processor: Any = None,

@@ -3,7 +3,7 @@
 Modules by role:
 - `requests`: GenerationParams, Request, RowResult (what goes in, what comes out);
 - `sampling`: the greedy threshold, top-k default, pad-id fallback and per-row sampling;
-- `engine`: InferenceEngine (`generate`, `generate_ids`, `stream`, `batch_inputs`), the context check;
+- `engine`: InferenceEngine (`generate`, `generate_ids`, `stream`, `batch_inputs`); `context`: the context check;
 - `decoding`: incremental decoding and stop strings (`Row`);
 - `rows`: `generate_rows`, many rows with their own parameters in one `model.generate` call;
 - `continuous`: `ContinuousBatch`, rows joining and leaving a running batch between steps;

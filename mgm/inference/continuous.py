@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from mgm.inference.cached_prefill import RowKey, prefill_row, remember
 from mgm.inference.decoding import Row
-from mgm.inference.engine import InferenceEngine, check_context, request_token_count
+from mgm.inference.context import check_context, request_token_count
 from mgm.inference.requests import Request, RowResult
 from mgm.inference.sampling import sample_next, sampling_top_k
 from mgm.model.arch import output_cache
 from mgm.model.kv_cache import growing_cache
+
+if TYPE_CHECKING:  # annotations only: the engine starts continuous rows itself (stream with caches)
+    from mgm.inference.engine import InferenceEngine
 
 
 class ContinuousBatch:

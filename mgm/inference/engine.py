@@ -20,6 +20,7 @@ from PIL import Image
 from mgm.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from mgm.data.image import images_to_batch
 from mgm.errors import UserError
+from mgm.inference.context import check_context, context_limit, request_token_count  # noqa: F401 (re-exported)
 from mgm.inference.decoding import trim_stop
 from mgm.inference.requests import Request
 from mgm.data.prompt_ids import tokenizer_image_token
@@ -202,23 +203,3 @@ class InferenceEngine:
         finally:
             cancel.set()  # a consumer that left early stops the generation
             thread.join()
-
-
-def request_token_count(engine: InferenceEngine, request: Request) -> int:
-    """Prompt length in tokens as the model sees it (every image counted as `num_image_tokens()`)."""
-    ids = engine.encode_prompt(request)
-    return int(ids.shape[-1]) + (engine.num_image_tokens() - 1) * len(request.images)
-
-
-def context_limit(engine: InferenceEngine) -> int:
-    """The model's position limit (the profile's)."""
-    return engine.profile.context_limit
-
-
-def check_context(engine: InferenceEngine, prompt_tokens: int) -> int:
-    """Room left for new tokens after a prompt of `prompt_tokens`; UserError when not even one fits."""
-    limit = context_limit(engine)
-    if prompt_tokens + 1 > limit:
-        raise UserError(f"the prompt is {prompt_tokens} tokens (image tokens included), over the model's "
-                        f"context of {limit}; shorten it or start a new conversation")
-    return limit - prompt_tokens

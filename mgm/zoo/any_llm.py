@@ -23,10 +23,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from mgm.errors import UserError, exit_on_user_error
-from mgm.zoo.random_weights import randomize_, seeded_generator
 
 _CHATML = (
     "{%- for m in messages -%}"
@@ -150,6 +147,8 @@ def build_any_llm(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     values.update(spec.config_extra)
     config = AutoConfig.for_model(spec.model_type, **values)
     model = AutoModelForCausalLM.from_config(config).eval()
+    from mgm.zoo.random_weights import randomize_, seeded_generator  # torch: only when building
+
     randomize_(model, seeded_generator(seed, f"llm/{arch}"))
     model.save_pretrained(str(out))
     eos = list(dict.fromkeys(i for i in (ids["eos"], ids["eot"]) if i is not None))
@@ -185,6 +184,8 @@ def build_siglip_tower(out_dir: str | Path, seed: int = 0, spec: SiglipTowerSpec
         text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                     vocab_size=64, max_position_embeddings=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    from mgm.zoo.random_weights import randomize_, seeded_generator
+
     randomize_(model.eval(), seeded_generator(seed, "tower/siglip"))
     model.save_pretrained(str(out))
     side = spec.image_size
@@ -204,6 +205,8 @@ def build_timm_convnext_tower(out_dir: str | Path, seed: int = 0, v2: bool = Fal
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trunk = ConvNeXt(depths=depths, dims=dims, num_classes=0, ls_init_value=None if v2 else 1e-6, use_grn=v2)
+    from mgm.zoo.random_weights import randomize_, seeded_generator
+
     randomize_(trunk.eval(), seeded_generator(seed, "tower/timm-convnext"))
     save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(out / "model.safetensors"))
     arch = "convnextv2_atto" if v2 else "convnext_tiny"
@@ -223,6 +226,8 @@ def make_tower(kind: str, out_dir: str | Path, seed: int = 0) -> Path:
                 "timm_convnext_v2": lambda: build_timm_convnext_tower(out_dir, seed, v2=True)}
     if kind not in builders:
         raise UserError(f"unknown tower kind {kind!r}; valid: {', '.join(builders)}")
+    import torch
+
     with torch.no_grad():
         return builders[kind]()
 
