@@ -74,3 +74,22 @@ def test_bad_quantization_requests_are_refused(tiny_zoo):
         load_pretrained_model(path, None, "x", device="cpu", quantization="int8", load_4bit=True)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32))
     assert quantize_llm(model, "int8", skip=("0",)) == 0 and type(model[0]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_cli_and_worker_take_the_quantization_flag(scheme, tiny_zoo, tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    from mgm.serve import cli
+    from mgm.serve.worker_settings import build_parser, settings_from_args
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (48, 36), (220, 20, 20)).save(image)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What is in the image?\n"))
+    rc = cli.main(["--model-path", tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"], "--image-file", str(image),
+                   "--device", "cpu", "--temperature", "0", "--max-new-tokens", "4", "--quantization", scheme,
+                   "--debug"])
+    assert rc == 0 and capsys.readouterr().out.count("'outputs':") == 1
+    settings = settings_from_args(build_parser().parse_args(["--model-path", "x", "--quantization", scheme]))
+    assert settings.quantization == scheme

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=512, help="most tokens per answer, >= 1 (default 512)")
     p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
+    p.add_argument("--quantization", choices=("int8", "int4"), default=None,
+                   help="weight-only LLM quantisation on the CPU, PyTorch's own kernels (mgm.model.quantize): int8 (per channel) or int4 (groups of 128); towers and mining stay in the compute dtype. GPU: --load-8bit/--load-4bit")
     p.add_argument("--use-flash-attn", action="store_true")
     p.add_argument("--allow-remote-images", action="store_true", help="allow http(s) URLs in --image-file")
     p.add_argument("--ocr", action="store_true", help="add text read from the image(s) to the first question")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
     tokenizer, model, processor, context_len = load_pretrained_model(
         args.model_path, args.model_base, get_model_name_from_path(args.model_path), args.load_8bit,
-        args.load_4bit, device=args.device, use_flash_attn=args.use_flash_attn)
+        args.load_4bit, device=args.device, use_flash_attn=args.use_flash_attn, quantization=args.quantization)
     if images and model.get_vision_tower() is None:
         raise UserError(f"{args.model_path} has no vision tower; run without --image-file")
 

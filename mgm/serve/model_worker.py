@@ -226,7 +226,7 @@ class ModelWorker:
         logger.info("Loading the model %s on worker %s ...", model_name, worker_id)
         tokenizer, model, image_processor, context_len = load_pretrained_model(
             settings.model_path, settings.model_base, model_name, settings.load_8bit, settings.load_4bit,
-            device=settings.device, use_flash_attn=settings.use_flash_attn)
+            device=settings.device, use_flash_attn=settings.use_flash_attn, quantization=settings.quantization)
         profile = profile_of(model).with_template(settings.conv_mode)
         engine = InferenceEngine(tokenizer, model, image_processor, context_len, profile=profile)
         conv_mode = profile.template

@@ -46,6 +46,7 @@ class WorkerSettings:
     device: str = "auto"
     load_8bit: bool = False
     load_4bit: bool = False
+    quantization: str | None = None  # "int8" / "int4": weight-only LLM linears (mgm.model.quantize)
     use_flash_attn: bool = False
     conv_mode: str | None = None
     limit_model_concurrency: int = 5
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds between heart beats to the controller (default {WORKER_HEART_BEAT_INTERVAL})")
     p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
+    p.add_argument("--quantization", choices=("int8", "int4"), default=None,
+                   help="weight-only LLM quantisation on the CPU, PyTorch's own kernels (mgm.model.quantize): int8 (per channel) or int4 (groups of 128); towers and mining stay in the compute dtype. GPU: --load-8bit/--load-4bit")
     p.add_argument("--use-flash-attn", action="store_true", help="flash-attention 2 (CUDA + flash-attn installed)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"the worker key: required (Authorization: Bearer or x-api-key) on every route but GET "
@@ -235,7 +238,8 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         model_path=a.model_path, model_base=a.model_base, model_name=a.model_name, host=a.host, port=a.port,
         worker_address=worker_address, controller_address=a.controller_address, device=a.device,
-        load_8bit=a.load_8bit, load_4bit=a.load_4bit, use_flash_attn=a.use_flash_attn, conv_mode=a.conv_mode,
+        load_8bit=a.load_8bit, load_4bit=a.load_4bit, quantization=a.quantization,
+        use_flash_attn=a.use_flash_attn, conv_mode=a.conv_mode,
         limit_model_concurrency=a.limit_model_concurrency, max_batch_size=a.max_batch_size,
         batch_window=a.batch_window_ms / 1000.0, batching=a.batching, stream_interval=a.stream_interval,
         chunk_interval=a.chunk_interval_ms / 1000.0, no_register=a.no_register,
