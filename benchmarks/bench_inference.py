@@ -298,6 +298,23 @@ def decode_tokens(engine, prompt: str, steps: int, batch_cls, request_cls, param
     return elapsed / steps, ids
 
 
+def clock():
+    """A `generate` streamer that timestamps every put(): the prompt first, then one per generated token."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    return Clock()
+
+
 def bench_llm(model, bare, engine, embeds, mask, prompt: str, ids: torch.Tensor, steps: int, repeats: int) -> dict:
     from mgm.inference import ContinuousBatch, GenerationParams, Request
 
@@ -309,27 +326,13 @@ def bench_llm(model, bare, engine, embeds, mask, prompt: str, ids: torch.Tensor,
                            "ratio": t["mgm"] / t["bare"]}}
     text_embeds = bare.get_input_embeddings()(ids)
 
-    from transformers.generation.streamers import BaseStreamer
-
-    class Clock(BaseStreamer):
-        """Timestamps every put(): the prompt first, then one per generated token."""
-
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def put(self, value) -> None:
-            self.times.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
     def generate(n):
-        clock = Clock()
+        timer = clock()
         with plain_linears():
             ids_out = bare.generate(inputs_embeds=text_embeds, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                    min_new_tokens=n, do_sample=False, pad_token_id=0, streamer=clock)
+                                    min_new_tokens=n, do_sample=False, pad_token_id=0, streamer=timer)
         # from the first generated token (prefill done) to the last: steps decoding steps
-        return ids_out[0].tolist(), (clock.times[-1] - clock.times[1]) / (n - 1)
+        return ids_out[0].tolist(), (timer.times[-1] - timer.times[1]) / (n - 1)
 
     ours, bare_t, ours_mkl = [], [], []
     generate(3)

@@ -22,10 +22,12 @@ import json
 import statistics
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import torch
 
+HERE = str(Path(__file__).resolve().parent)
+sys.path.insert(0, HERE)  # bench_inference beside this file
 SHAPES = {"real": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
                        num_key_value_heads=32, vocab_size=32000),
           "quick": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
@@ -65,22 +67,12 @@ def prompts(vocab: int, count: int = 4, length: int = 48) -> list[torch.Tensor]:
 
 
 def decode(model, ids: torch.Tensor, steps: int) -> tuple[list[int], float]:
-    from transformers.generation.streamers import BaseStreamer
+    from bench_inference import clock  # the same per-token timer as the inference benchmark
 
-    class Clock(BaseStreamer):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def put(self, value) -> None:
-            self.times.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
-    clock = Clock()
+    timer = clock()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
-                         do_sample=False, pad_token_id=0, streamer=clock)
-    return out[0, ids.shape[1]:].tolist(), (clock.times[-1] - clock.times[1]) / (steps - 1)
+                         do_sample=False, pad_token_id=0, streamer=timer)
+    return out[0, ids.shape[1]:].tolist(), (timer.times[-1] - timer.times[1]) / (steps - 1)
 
 
 def rss_mib() -> float:
@@ -92,7 +84,7 @@ def rss_mib() -> float:
 
 def resident(shape: str, scheme: str) -> float:
     """RSS (MiB) of a fresh process holding only `scheme`'s model (float32 built, quantised, then freed)."""
-    code = (f"import gc, sys; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); import bench_quant as b; "
+    code = (f"import gc, sys; sys.path.insert(0, {HERE!r}); import bench_quant as b; "
             f"m = b.quantised(b.build({shape!r}), {scheme!r}); gc.collect(); print(b.rss_mib())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(done.stdout.strip().splitlines()[-1])

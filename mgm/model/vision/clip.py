@@ -25,26 +25,9 @@ KNOWN_CLIP_CONFIGS: dict[str, dict] = {
 }
 
 
-class CLIPVisionTower(nn.Module):
-    """[N, 3, S, S] -> [N, (S/patch)², hidden] features of layer `select_layer` (CLS dropped for `patch`)."""
-
-    def __init__(self, config: CLIPVisionConfig, select_layer: int = -2, select_feature: str = "patch",
-                 trainable: bool = False) -> None:
-        super().__init__()
-        self.select_layer = select_layer
-        self.select_feature = select_feature
-        self.trainable = trainable
-        clip = CLIPVisionModel(config)
-        self.vision_tower = nn.Module()
-        self.vision_tower.vision_model = nn.Module()
-        for name in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm"):
-            setattr(self.vision_tower.vision_model, name, getattr(clip, name))
-        self._config = config
-        self.vision_tower.requires_grad_(False)
-
-    @property
-    def config(self) -> CLIPVisionConfig:
-        return self._config
+class ViTTowerShape:
+    """What a ViT tower (CLIP, SigLIP) tells about itself from its `config` and its
+    `vision_tower.vision_model.embeddings.patch_embedding` (the original's attribute names)."""
 
     @property
     def hidden_size(self) -> int:
@@ -65,6 +48,28 @@ class CLIPVisionTower(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.device
+
+
+class CLIPVisionTower(ViTTowerShape, nn.Module):
+    """[N, 3, S, S] -> [N, (S/patch)², hidden] features of layer `select_layer` (CLS dropped for `patch`)."""
+
+    def __init__(self, config: CLIPVisionConfig, select_layer: int = -2, select_feature: str = "patch",
+                 trainable: bool = False) -> None:
+        super().__init__()
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+        self.trainable = trainable
+        clip = CLIPVisionModel(config)
+        self.vision_tower = nn.Module()
+        self.vision_tower.vision_model = nn.Module()
+        for name in ("embeddings", "pre_layrnorm", "encoder", "post_layernorm"):
+            setattr(self.vision_tower.vision_model, name, getattr(clip, name))
+        self._config = config
+        self.vision_tower.requires_grad_(False)
+
+    @property
+    def config(self) -> CLIPVisionConfig:
+        return self._config
 
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Entry `select_layer` of the (1 + num_layers) hidden-state tuple, computing no layer past it."""

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from mgm.errors import UserError
-from mgm.model.vision.clip import _layer_eval
+from mgm.model.vision.clip import ViTTowerShape, _layer_eval
 
 
-class SiglipVisionTower(nn.Module):
+class SiglipVisionTower(ViTTowerShape, nn.Module):
     """[N, 3, S, S] -> [N, (S/patch)², hidden] features of layer `select_layer` (all tokens are patches)."""
 
     def __init__(self, config, select_layer: int = -2, select_feature: str = "patch",
@@ -51,26 +51,6 @@ class SiglipVisionTower(nn.Module):
     @property
     def config(self):
         return self._config
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def num_patches_per_side(self) -> int:
-        return self.config.image_size // self.config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.num_patches_per_side**2
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.vision_tower.vision_model.embeddings.patch_embedding.weight.device
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] -> [N, (S/p)², D] patch embeddings plus position embeddings."""
