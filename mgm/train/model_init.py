@@ -342,9 +342,10 @@ def register_zero3_external_parameters(model: nn.Module) -> None:
     tower = getattr(inner, "vision_tower", None)
     if tower is not None:
         emb = tower.vision_tower.vision_model.embeddings
-        # SigLIP has no class embedding
-        for p in filter(None, (getattr(emb, "class_embedding", None), emb.position_embedding.weight)):
-            deepspeed.zero.register_external_parameter(tower, p)
+        # SigLIP has no class embedding; `is not None`, never truthiness: ZeRO-3 partitions leave empty tensors
+        for p in (getattr(emb, "class_embedding", None), emb.position_embedding.weight):
+            if p is not None:
+                deepspeed.zero.register_external_parameter(tower, p)
     for name in MINING_NAMES[1:]:
         module = getattr(inner, name, None)
         if module is not None:
