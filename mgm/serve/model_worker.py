@@ -199,7 +199,8 @@ class ModelWorker:
                                       logger=self.logger, continuous=settings.batching == "continuous")
         for stop in engine.profile.with_template(conv_mode).stop_strings:
             engine.add_eos_token(stop)  # e.g. <|eot_id|> for llama_3, <|im_end|> for ChatML
-        if engine.caches is None and settings.batching == "continuous" and any(settings.cache_bytes):
+        if (isinstance(engine, InferenceEngine) and engine.caches is None and settings.batching == "continuous"
+                and any(settings.cache_bytes)):  # mgm's engine only: vLLM reuses prefixes by itself
             engine.use_caches(*settings.cache_bytes)  # shared by both protocols (and the web demo behind them)
         self._caches_logged = (0.0, None)  # (when, what) the cache counters were last logged
         self.chunk_interval = settings.chunk_interval

@@ -10,7 +10,8 @@ vLLM's AsyncLLM (continuous batching, paged KV cache, tensor/pipeline parallelis
 
 Flags of ours that mean something else here: `--limit-model-concurrency` / `--max-batch-size` bound
 the requests in flight (vLLM's `--max-num-seqs` defaults to the latter); `--batching` and
-`--batch-window-ms` do nothing (vLLM schedules every step); `--load-4bit` is vLLM's bitsandbytes
+`--batch-window-ms` do nothing (vLLM schedules every step), nor do `--image-cache-mb` / `--prefix-cache-mb`
+(vLLM's own prefix caching applies); `--load-4bit` is vLLM's bitsandbytes
 quantisation; `--use-flash-attn` and `--device` are vLLM's choice; `--model-base` is refused (merge
 LoRA/projector folders first with scripts/merge_lora_weights.py).
 """

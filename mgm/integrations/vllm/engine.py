@@ -45,6 +45,8 @@ class _ModelView:
 class VLLMEngine:
     """vLLM's AsyncLLM over one MGM checkpoint, with mgm's tokenisation and stop tokens."""
 
+    caches = None  # mgm's feature / prefix caches are the in-process engine's; vLLM caches prefixes itself
+
     def __init__(self, model_path: str, template: str | None = None, **engine_args: Any) -> None:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
