@@ -13,7 +13,7 @@ from mgm.serve.worker_settings import build_parser as worker_parser
 
 def build_parser() -> argparse.ArgumentParser:
     """model_worker's flags plus the vLLM engine's most used ones (names as `vllm serve` spells them)."""
-    p = worker_parser()
+    p = worker_parser(engine_quantization=False)  # --quantization below is vLLM's
     p.prog = program_name("python -m mgm.serve.vllm_worker")
     p.description = ("Serve one MGM model on vLLM behind mgm's worker protocol and /v1 (registers with the "
                      "controller like mgm.serve.model_worker). Needs the vLLM environment.")

@@ -135,7 +135,9 @@ class WorkerSettings:
 
 
 # --- CLI ---------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(engine_quantization: bool = True) -> argparse.ArgumentParser:
+    """The worker's flags; `engine_quantization=False` leaves `--quantization` to a parser that adds its own
+    (the vLLM worker's means vLLM's quantisation methods)."""
     p = argparse.ArgumentParser(
         prog=program_name("python -m mgm.serve.model_worker"),
         description="Serve one MGM model: the original worker protocol for the controller and the web demo, "
@@ -174,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seconds between heart beats to the controller (default {WORKER_HEART_BEAT_INTERVAL})")
     p.add_argument("--load-8bit", action="store_true", help="quantise the LLM to 8 bit (bitsandbytes)")
     p.add_argument("--load-4bit", action="store_true", help="quantise the LLM to 4 bit (bitsandbytes)")
-    p.add_argument("--quantization", choices=("int8", "int4"), default=None,
-                   help="weight-only LLM quantisation on the CPU, PyTorch's own kernels (mgm.model.quantize): int8 (per channel) or int4 (groups of 128); towers and mining stay in the compute dtype. GPU: --load-8bit/--load-4bit")
+    if engine_quantization:
+        p.add_argument("--quantization", choices=("int8", "int4"), default=None,
+                       help="weight-only LLM quantisation on the CPU, PyTorch's own kernels (mgm.model.quantize): "
+                            "int8 (per channel) or int4 (groups of 128); towers and mining stay in the compute "
+                            "dtype. GPU: --load-8bit/--load-4bit")
     p.add_argument("--use-flash-attn", action="store_true", help="flash-attention 2 (CUDA + flash-attn installed)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"the worker key: required (Authorization: Bearer or x-api-key) on every route but GET "
@@ -238,7 +243,8 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
     return WorkerSettings(
         model_path=a.model_path, model_base=a.model_base, model_name=a.model_name, host=a.host, port=a.port,
         worker_address=worker_address, controller_address=a.controller_address, device=a.device,
-        load_8bit=a.load_8bit, load_4bit=a.load_4bit, quantization=a.quantization,
+        load_8bit=a.load_8bit, load_4bit=a.load_4bit,
+        quantization=a.quantization,  # the vLLM worker's own --quantization goes to vLLM (engine_args_from)
         use_flash_attn=a.use_flash_attn, conv_mode=a.conv_mode,
         limit_model_concurrency=a.limit_model_concurrency, max_batch_size=a.max_batch_size,
         batch_window=a.batch_window_ms / 1000.0, batching=a.batching, stream_interval=a.stream_interval,
