@@ -99,15 +99,6 @@ def missing_images_aux_message(settings: MGMSettings) -> str:
             "images_aux cannot be rebuilt from `images`)")
 
 
-def _check_windows(hr_size, grid: int, settings: MGMSettings) -> None:
-    """Mining gives each LR token an equal window of the HR map: its side must be a multiple of the LR grid."""
-    if any(side % grid for side in hr_size):
-        side = grid * 4
-        raise UserError(f"the HR map is {hr_size[0]}x{hr_size[1]} (image_size_aux {settings.image_size_aux} / 4) but the "
-                        f"LR tower gives {grid} tokens a side: mining needs whole windows, so choose image_size_aux "
-                        f"as a multiple of {side} (e.g. {side * max(1, round(settings.image_size_aux / side))})")
-
-
 class MGMMetaForCausalLM:
     """Mixin for the causal LM: image encoding, splicing and generation over any HF decoder family."""
 
