@@ -10,11 +10,11 @@ whole bound is not kept.
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import torch
 from PIL import Image
+
+from mgm.inference.lru import ByteBoundedLRU
 
 
 def view_settings(model, image_processor) -> str:
@@ -36,21 +36,8 @@ def image_key(image: Image.Image, view: str) -> str:
     return digest.hexdigest()
 
 
-class FeatureCache:
+class FeatureCache(ByteBoundedLRU):
     """LRU map image key -> features [T, H], at most `max_bytes` in all (thread safe)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def get(self, key: str) -> torch.Tensor | None:
         with self._lock:
@@ -76,12 +63,3 @@ class FeatureCache:
             while self.bytes > self.max_bytes:
                 _, dropped = self._entries.popitem(last=False)
                 self.bytes -= dropped.numel() * dropped.element_size()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes = 0
-
-    def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries), "bytes": self.bytes,
-                "max_bytes": self.max_bytes}

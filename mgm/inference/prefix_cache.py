@@ -13,11 +13,11 @@ is a prefix of the newer, so nothing is lost: a chat's turn supersedes the turn 
 from __future__ import annotations
 
 import itertools
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+
+from mgm.inference.lru import ByteBoundedLRU
 
 Item = int | str  # a token id, or an image's content hash
 
@@ -47,25 +47,15 @@ def shared_items(a: tuple[Item, ...], b: tuple[Item, ...]) -> int:
     return n
 
 
-class PrefixCache:
+class PrefixCache(ByteBoundedLRU):
     """LRU store of prefix KV, at most `max_bytes` in all (thread safe). `image_tokens`: positions per image."""
 
     def __init__(self, max_bytes: int, image_tokens: int) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = max_bytes
+        super().__init__(max_bytes)  # entries: id -> PrefixEntry
         self.image_tokens = image_tokens
-        self._entries: OrderedDict[int, PrefixEntry] = OrderedDict()
         self._ids = itertools.count()
-        self._lock = threading.Lock()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
         self.reused_tokens = 0
         self.prefilled_tokens = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     def lookup(self, key: tuple[Item, ...], max_items: int) -> tuple[PrefixEntry | None, int]:
         """The entry sharing the most leading items with `key` (at most `max_items`) and that count.
@@ -116,12 +106,5 @@ class PrefixCache:
                 self.bytes -= dropped.nbytes
         return True
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes = 0
-
     def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "entries": len(self._entries), "bytes": self.bytes,
-                "max_bytes": self.max_bytes, "reused_tokens": self.reused_tokens,
-                "prefilled_tokens": self.prefilled_tokens}
+        return {**super().stats(), "reused_tokens": self.reused_tokens, "prefilled_tokens": self.prefilled_tokens}
