@@ -49,6 +49,15 @@ class ViTTowerShape:
     def device(self) -> torch.device:
         return self.vision_tower.vision_model.embeddings.patch_embedding.weight.device
 
+    def run_layers(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Embeddings [N, T, D] -> entry `select_layer` of the (1 + num_layers) hidden states, computing no
+        layer past it (SDPA, fused residuals when no gradient is needed)."""
+        layers = self.vision_tower.vision_model.encoder.layers
+        fast = not torch.is_grad_enabled()
+        for layer in layers[:self.select_layer % (len(layers) + 1)]:
+            hidden = _layer_eval(layer, hidden) if fast else layer(hidden, None)
+        return hidden
+
 
 class CLIPVisionTower(ViTTowerShape, nn.Module):
     """[N, 3, S, S] -> [N, (S/patch)², hidden] features of layer `select_layer` (CLS dropped for `patch`)."""
@@ -74,19 +83,13 @@ class CLIPVisionTower(ViTTowerShape, nn.Module):
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Entry `select_layer` of the (1 + num_layers) hidden-state tuple, computing no layer past it."""
         vm = self.vision_tower.vision_model
-        layers = vm.encoder.layers
-        index = self.select_layer % (len(layers) + 1)
         emb = vm.embeddings
         # Embeddings computed here rather than by the module: its `position_ids` buffer is not part of
         # the checkpoint and is not re-initialised when the tower is nested in an LLM's from_pretrained.
         patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
         cls = emb.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
         tokens = torch.cat([cls, patches], dim=1)
-        hidden = vm.pre_layrnorm(tokens + emb.position_embedding.weight[: tokens.shape[1]].to(tokens.dtype))
-        fast = not torch.is_grad_enabled()
-        for layer in layers[:index]:
-            hidden = _layer_eval(layer, hidden) if fast else layer(hidden, None)
-        return hidden
+        return self.run_layers(vm.pre_layrnorm(tokens + emb.position_embedding.weight[: tokens.shape[1]].to(tokens.dtype)))
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """[N, 3, S, S] (or a list of [3, S, S]) -> [N, (S/patch)², hidden] in the input's dtype."""

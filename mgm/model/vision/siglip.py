@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mgm.errors import UserError
-from mgm.model.vision.clip import ViTTowerShape, _layer_eval
+from mgm.model.vision.clip import ViTTowerShape
 
 
 class SiglipVisionTower(ViTTowerShape, nn.Module):
@@ -69,13 +69,7 @@ class SiglipVisionTower(ViTTowerShape, nn.Module):
 
     def hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Entry `select_layer` of the (1 + num_layers) hidden-state tuple, computing no layer past it."""
-        layers = self.vision_tower.vision_model.encoder.layers
-        index = self.select_layer % (len(layers) + 1)
-        hidden = self.embed(pixel_values)
-        fast = not torch.is_grad_enabled()
-        for layer in layers[:index]:
-            hidden = _layer_eval(layer, hidden) if fast else layer(hidden, None)
-        return hidden
+        return self.run_layers(self.embed(pixel_values))
 
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         """[N, 3, S, S] (or a list of [3, S, S]) -> [N, (S/patch)², hidden] in the input's dtype."""
