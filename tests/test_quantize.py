@@ -93,3 +93,15 @@ def test_cli_and_worker_take_the_quantization_flag(scheme, tiny_zoo, tmp_path, m
     assert rc == 0 and capsys.readouterr().out.count("'outputs':") == 1
     settings = settings_from_args(build_parser().parse_args(["--model-path", "x", "--quantization", scheme]))
     assert settings.quantization == scheme
+
+
+def test_a_missing_kernel_is_one_clear_error(tiny_zoo, monkeypatch):
+    from mgm.model.builder import load_pretrained_model
+
+    def missing(*_args, **_kwargs):
+        raise RuntimeError("Could not run 'aten::_convert_weight_to_int4pack_for_cpu' with arguments")
+
+    monkeypatch.setattr(torch, "_convert_weight_to_int4pack_for_cpu", missing)
+    with pytest.raises(UserError, match="--quantization int4: int4 weight-only kernels are not available"):
+        load_pretrained_model(tiny_zoo["checkpoints"]["MGM-Tiny-Vicuna"]["path"], None, "x", device="cpu",
+                              quantization="int4")

@@ -107,7 +107,11 @@ def quantize_llm(model: nn.Module, scheme: str, skip: tuple[str, ...] = ()) -> i
         # so does a layer whose shape the int4 packing cannot take
         int4 = scheme == "int4" and child != "lm_head" and int4_group(module.in_features, module.out_features)
         make = Int4Linear if int4 else Int8Linear
-        setattr(parent, child, make(module))
+        try:
+            setattr(parent, child, make(module))
+        except (RuntimeError, NotImplementedError) as exc:  # a torch build / CPU without the packing kernel
+            raise ValueError(f"{scheme} weight-only kernels are not available in this torch build "
+                             f"({torch.__version__}): {str(exc).splitlines()[0]}") from None
     return len(targets)
 
 

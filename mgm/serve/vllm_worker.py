@@ -26,6 +26,7 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -158,7 +159,8 @@ def engine_args_from(args: argparse.Namespace, settings: WorkerSettings) -> dict
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    # --quantization here is vLLM's method (engine_args_from), not mgm's int8/int4 loader option
+    settings = dataclasses.replace(settings_from_args(args), quantization=None)
     engine_args = engine_args_from(args, settings)
     worker_id = uuid.uuid4().hex[:6]
     logger = build_logger(LOGGER_NAME, f"vllm_worker_{worker_id}.log", settings.log_dir)

@@ -244,7 +244,7 @@ def settings_from_args(a: argparse.Namespace) -> WorkerSettings:
         model_path=a.model_path, model_base=a.model_base, model_name=a.model_name, host=a.host, port=a.port,
         worker_address=worker_address, controller_address=a.controller_address, device=a.device,
         load_8bit=a.load_8bit, load_4bit=a.load_4bit,
-        quantization=a.quantization,  # the vLLM worker's own --quantization goes to vLLM (engine_args_from)
+        quantization=a.quantization,
         use_flash_attn=a.use_flash_attn, conv_mode=a.conv_mode,
         limit_model_concurrency=a.limit_model_concurrency, max_batch_size=a.max_batch_size,
         batch_window=a.batch_window_ms / 1000.0, batching=a.batching, stream_interval=a.stream_interval,
